@@ -1,0 +1,317 @@
+"""The `selfheal` command: migrate, run, heal, scan, classify, inject, status, enable."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import uuid
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any, TextIO
+
+import anyio
+import orjson
+from psycopg.types.json import Jsonb
+
+from selfheal import __version__
+from selfheal.analyzer import analyze
+from selfheal.daemon import run_daemon
+from selfheal.logs import configure_logging, first_line, get_logger
+from selfheal.migrate import apply_migrations
+from selfheal.models import Failure, Status
+from selfheal.settings import ConfigError, Settings, load_settings
+from selfheal.store import DatabaseUnavailable, Recorded, Store
+from selfheal.wakeup import Wakeup
+from selfheal.worker import Claimer
+
+__all__ = ["main"]
+
+log = get_logger()
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+INJECTED_FAILURES: dict[str, dict[str, Any]] = {
+    "auth": {
+        "http_status": 401,
+        "error_code": "invalid_token",
+        "error_message": "The access token expired",
+        "response_headers": {"www-authenticate": 'Bearer error="invalid_token"'},
+    },
+    "rate_limit": {
+        "http_status": 429,
+        "error_code": "rate_limit_exceeded",
+        "error_message": "Too many requests",
+        "response_headers": {"retry-after": "30"},
+    },
+    "network": {
+        "http_status": None,
+        "error_code": "ECONNRESET",
+        "error_message": "socket hang up",
+        "response_headers": {},
+    },
+    "data": {
+        "http_status": 422,
+        "error_code": "validation_error",
+        "error_message": "channel is required",
+        "response_headers": {},
+    },
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="selfheal",
+        description="Heal failed third-party integrations from Postgres.",
+    )
+    parser.add_argument("--version", action="version", version=f"selfheal {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser("migrate", help="apply migrations and triggers (safe to repeat)")
+    run = commands.add_parser("run", help="run the daemon (embedded Postgres without DATABASE_URL)")
+    run.add_argument("--no-migrate", action="store_true", help="skip migrations at start")
+    heal = commands.add_parser("heal", help="process one failure now; JSON on stdout")
+    heal.add_argument("event_id", type=uuid.UUID, metavar="EVENT_ID")
+    scan = commands.add_parser("scan", help="one sweep over recent failures; JSON on stdout")
+    scan.add_argument("--window-minutes", type=float, default=15.0)
+    scan.add_argument("--limit", type=int, default=50)
+    commands.add_parser(
+        "classify", help="JSON lines of failures on stdin, one analysis per line on stdout"
+    )
+    inject = commands.add_parser(
+        "inject", help="insert a synthetic failure (ENVIRONMENT=development only)"
+    )
+    inject.add_argument("--service", required=True)
+    inject.add_argument("--failure", required=True, choices=sorted(INJECTED_FAILURES))
+    inject.add_argument("--endpoint", default=None, help="absolute URL to replay against")
+    inject.add_argument("--user", type=uuid.UUID, default=None)
+    status = commands.add_parser("status", help="KPIs of the healing")
+    status.add_argument("--json", action="store_true", help="JSON on stdout")
+    enable = commands.add_parser("enable", help="re-enable a service (or one user's connection)")
+    enable.add_argument("service")
+    enable.add_argument("--user", type=uuid.UUID, default=None)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"selfheal: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    # One-shot commands keep stdout for their JSON; the daemon logs to stdout.
+    configure_logging(settings, sys.stdout if args.command == "run" else sys.stderr)
+    if args.command == "classify":
+        return classify(sys.stdin, sys.stdout)
+    if args.command == "inject" and not settings.is_development:
+        print("selfheal: inject refuses to run unless ENVIRONMENT=development", file=sys.stderr)
+        return EXIT_USAGE
+    command = COMMANDS[args.command]
+    try:
+        return anyio.run(_with_database, command, settings, args, backend_options=_backend())
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except DatabaseUnavailable as exc:
+        log.error("database.unavailable", error=first_line(exc))
+        return EXIT_FAILED
+
+
+def _backend() -> dict[str, Any]:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:  # pragma: no cover - uvloop is optional
+        return {}
+    return {"use_uvloop": True}
+
+
+Command = Callable[[Settings, str, argparse.Namespace], Awaitable[int]]
+
+
+async def _with_database(command: Command, settings: Settings, args: argparse.Namespace) -> int:
+    conninfo = _conninfo(settings)
+    if args.command == "run" and not args.no_migrate or args.command == "migrate":
+        result = await apply_migrations(conninfo)
+        log.info("migrate.done", applied=list(result.applied))
+        if args.command == "migrate":
+            return EXIT_OK
+    return await command(settings, conninfo, args)
+
+
+def _conninfo(settings: Settings) -> str:
+    if settings.database_url is not None:
+        return settings.database_url.get_secret_value()
+    from selfheal.embedded import default_data_dir, start_embedded
+
+    data_dir = Path(settings.data_dir) if settings.data_dir else default_data_dir()
+    conninfo = start_embedded(data_dir)
+    log.info("embedded_postgres.started", data_dir=str(data_dir))
+    return conninfo
+
+
+async def cmd_run(settings: Settings, conninfo: str, args: argparse.Namespace) -> int:
+    listen = settings.listen_database_url
+    await run_daemon(settings, conninfo, listen.get_secret_value() if listen else conninfo)
+    return EXIT_OK
+
+
+async def cmd_migrate(settings: Settings, conninfo: str, args: argparse.Namespace) -> int:
+    return EXIT_OK  # done in _with_database
+
+
+async def cmd_heal(settings: Settings, conninfo: str, args: argparse.Namespace) -> int:
+    event_id: uuid.UUID = args.event_id
+    async with Store.open(conninfo, max_size=1) as store:
+        if not await store.event_exists(event_id):
+            _print_json({"success": False, "error": f"event {event_id} not found"})
+            return EXIT_FAILED
+        await Claimer(store, settings, Wakeup()).process_events([event_id])
+        row = await store.record_for_event(event_id)
+    if row is None:
+        _print_json({"success": False, "error": f"event {event_id} is not a failure"})
+        return EXIT_FAILED
+    recovery_id, _, _, category, action, status, next_retry_at = row
+    response: dict[str, Any] = {
+        "success": True,
+        "recovery_id": str(recovery_id),
+        "category": category,
+        "action_taken": action,
+        "status": status,
+    }
+    if status == Status.PENDING and next_retry_at is not None:
+        response["retry_scheduled"] = True
+        response["next_retry_at"] = next_retry_at.isoformat()
+    _print_json(response)
+    return EXIT_OK
+
+
+async def cmd_scan(settings: Settings, conninfo: str, args: argparse.Namespace) -> int:
+    async with Store.open(conninfo, max_size=1) as store:
+        event_ids = await store.unrecorded_failures(args.window_minutes, max(0, args.limit))
+        recorded: list[Recorded] = []
+        if event_ids:
+            recorded = await Claimer(store, settings, Wakeup()).process_events(event_ids)
+    statuses = [Status.PENDING.value for _ in recorded]
+    _print_json(
+        {
+            "success": True,
+            "processed_count": len(recorded),
+            "resolved_count": statuses.count(Status.RESOLVED.value),
+            "pending_count": statuses.count(Status.PENDING.value),
+            "disabled_count": statuses.count(Status.DISABLED.value),
+            "events": [
+                {
+                    "event_id": str(r.diagnosis.event_id),
+                    "service_name": r.diagnosis.service_name,
+                    "category": r.diagnosis.analysis.category.value,
+                    "action_taken": r.diagnosis.action,
+                    "status": status,
+                }
+                for r, status in zip(recorded, statuses, strict=True)
+            ],
+        }
+    )
+    return EXIT_OK
+
+
+def classify(stdin: TextIO, stdout: TextIO) -> int:
+    """One analysis per input line; a bad line gets an error object, never a crash."""
+    for number, line in enumerate(stdin, start=1):
+        if not line.strip():
+            continue
+        try:
+            item = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            stdout.write(_dumps({"line": number, "error": f"invalid JSON: {exc}"}) + "\n")
+            continue
+        if not isinstance(item, dict):
+            stdout.write(_dumps({"line": number, "error": "expected a JSON object"}) + "\n")
+            continue
+        failure = Failure.coerce(
+            item.get("service_name"),
+            item.get("http_status"),
+            item.get("error_code"),
+            item.get("error_message"),
+            item.get("response_headers"),
+        )
+        stdout.write(_dumps(analyze(failure).as_dict()) + "\n")
+        stdout.flush()
+    return EXIT_OK
+
+
+async def cmd_inject(settings: Settings, conninfo: str, args: argparse.Namespace) -> int:
+    failure = INJECTED_FAILURES[args.failure]
+    async with Store.open(conninfo, max_size=1) as store:
+        event_id = await store.inject(
+            {
+                "service_name": args.service,
+                "payload": Jsonb({"text": "injected by selfheal"}),
+                "user_id": args.user,
+                "endpoint": args.endpoint,
+                **failure,
+                "response_headers": Jsonb(failure["response_headers"]),
+            }
+        )
+    _print_json({"success": True, "event_id": str(event_id), "failure": args.failure})
+    return EXIT_OK
+
+
+async def cmd_status(settings: Settings, conninfo: str, args: argparse.Namespace) -> int:
+    async with Store.open(conninfo, max_size=1) as store:
+        status = await store.status()
+    if args.json:
+        _print_json(status)
+    else:
+        _print_status(status, sys.stdout)
+    return EXIT_OK
+
+
+async def cmd_enable(settings: Settings, conninfo: str, args: argparse.Namespace) -> int:
+    async with Store.open(conninfo, max_size=1) as store:
+        count = await store.enable(args.service, args.user)
+    _print_json(
+        {
+            "success": count > 0,
+            "service_name": args.service,
+            "user_id": str(args.user) if args.user else None,
+            "enabled": count,
+        }
+    )
+    return EXIT_OK if count else EXIT_FAILED
+
+
+COMMANDS: dict[str, Command] = {
+    "migrate": cmd_migrate,
+    "run": cmd_run,
+    "heal": cmd_heal,
+    "scan": cmd_scan,
+    "inject": cmd_inject,
+    "status": cmd_status,
+    "enable": cmd_enable,
+}
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value, default=str).decode()
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(_dumps(value) + "\n")
+
+
+def _print_status(status: dict[str, Any], out: TextIO) -> None:
+    out.write(
+        f"records   {status['records']:>10}  pending {status['pending']}  "
+        f"resolved {status['resolved']}  disabled {status['disabled']}\n"
+        f"inbox     {status['inbox']:>10}  oldest {status['oldest_inbox'] or '-'}\n"
+        f"due now   {status['due']:>10}  recorded in the last hour {status['last_hour']}\n"
+    )
+    for category, counts in sorted(status["by_category"].items()):
+        parts = "  ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+        out.write(f"  {category:<11} {parts}\n")
+    for target in status["disabled_targets"]:
+        who = f" user {target['user_id']}" if target["user_id"] else ""
+        out.write(f"disabled  {target['service_name']}{who}: {target['reason'] or '-'}\n")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

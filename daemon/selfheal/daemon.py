@@ -1,0 +1,75 @@
+"""`selfheal run`: one anyio task group owning the listener, claimer and scanner."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+
+import anyio
+from anyio.abc import CancelScope, TaskStatus
+
+from selfheal.listener import Listener
+from selfheal.logs import get_logger
+from selfheal.settings import Settings
+from selfheal.store import Store
+from selfheal.wakeup import Wakeup
+from selfheal.worker import Claimer, Scanner
+
+__all__ = ["run_daemon"]
+
+log = get_logger()
+
+
+async def run_daemon(settings: Settings, conninfo: str, listen_conninfo: str) -> None:
+    owner = f"{socket.gethostname()}:{os.getpid()}"
+    claim_wakeup, scan_wakeup = Wakeup(), Wakeup()
+    async with Store.open(conninfo) as store:
+        claimer = Claimer(store, settings, claim_wakeup)
+        scanner = Scanner(store, settings, scan_wakeup, claim_wakeup)
+        listener = Listener(
+            listen_conninfo,
+            on_notify=claim_wakeup.set,
+            on_connect=lambda: (claim_wakeup.set(), scan_wakeup.set()),
+            check_interval=settings.listen_check_seconds,
+            reconnect_cap=settings.reconnect_max_seconds,
+        )
+        async with anyio.create_task_group() as tg:
+            # Listen before claiming, so nothing committed after start-up goes unnoticed.
+            await tg.start(listener.run)
+            workers = anyio.create_task_group()
+            async with workers:
+                await tg.start(
+                    _stop_on_signal, settings, tg.cancel_scope, workers.cancel_scope,
+                    (claimer, scanner),
+                )
+                workers.start_soon(claimer.run)
+                workers.start_soon(scanner.run)
+                log.info("daemon.started", owner=owner, batch_size=settings.batch_size,
+                         scan_interval_seconds=settings.scan_interval_seconds)
+            # The workers finished their in-flight batches (or the grace period ran out).
+            tg.cancel_scope.cancel()
+    log.info("daemon.stopped", owner=owner)
+
+
+async def _stop_on_signal(
+    settings: Settings,
+    daemon_scope: CancelScope,
+    workers_scope: CancelScope,
+    workers: tuple[Claimer, Scanner],
+    *,
+    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        task_status.started()
+        async for signum in signals:
+            log.info("daemon.stopping", signal=signal.Signals(signum).name,
+                     grace_seconds=settings.shutdown_grace_seconds)
+            for worker in workers:
+                worker.stop()
+            break
+    # An unfinished transaction rolls back when cancelled: its failures return to the inbox.
+    await anyio.sleep(settings.shutdown_grace_seconds)
+    log.warning("daemon.grace_expired")
+    workers_scope.cancel()
+    daemon_scope.cancel()

@@ -1,0 +1,106 @@
+"""Turn one claimed failure into the decision record to store: pure, no I/O."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from selfheal.analyzer import analyze
+from selfheal.models import Analysis, Category, Failure
+from selfheal.policy import planned_action
+from selfheal.sanitize import scrub, scrub_text, shape
+
+__all__ = ["ClaimedFailure", "Diagnosis", "diagnose", "parked_signals"]
+
+_REASON_LENGTH = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedFailure:
+    """An integration_events row as claimed, before any coercion."""
+
+    event_id: uuid.UUID
+    service_name: str
+    http_status: Any
+    error_code: Any
+    error_message: Any
+    response_headers: Any
+    payload: Any
+    user_id: uuid.UUID | None
+    endpoint: str | None
+    attempts: int
+
+    @classmethod
+    def from_row(cls, row: tuple[Any, ...]) -> ClaimedFailure:
+        return cls(*row)
+
+
+@dataclass(frozen=True, slots=True)
+class Diagnosis:
+    event_id: uuid.UUID
+    service_name: str
+    user_id: uuid.UUID | None
+    analysis: Analysis
+    reason: str
+    action: str
+    signals_json: str
+    next_retry_at: datetime | None
+
+
+def diagnose(claimed: ClaimedFailure, now: datetime) -> Diagnosis:
+    failure = Failure.coerce(
+        claimed.service_name,
+        claimed.http_status,
+        claimed.error_code,
+        claimed.error_message,
+        claimed.response_headers,
+    )
+    analysis = analyze(failure)
+    signals: dict[str, Any] = {
+        "signals": list(analysis.signals),
+        "confidence": analysis.confidence,
+        "advice": analysis.advice,
+    }
+    if failure.http_status is not None:
+        signals["http_status"] = failure.http_status
+    if failure.error_code:
+        signals["error_code"] = scrub_text(failure.error_code, max_length=200)
+    if analysis.category is Category.DATA and claimed.payload is not None:
+        signals["payload_shape"] = shape(claimed.payload)
+    # Recovery comes due at once; the recovery worker (when enabled) takes it from there.
+    next_retry_at = None if analysis.category is Category.DATA else now
+    return Diagnosis(
+        event_id=claimed.event_id,
+        service_name=failure.service_name or "unknown",
+        user_id=claimed.user_id,
+        analysis=analysis,
+        reason=failure_reason(failure),
+        action=planned_action(analysis.category),
+        signals_json=orjson.dumps(scrub(signals)).decode(),
+        next_retry_at=next_retry_at,
+    )
+
+
+def failure_reason(failure: Failure) -> str:
+    """One sanitized line: status, code and message."""
+    head = f"HTTP {failure.http_status}" if failure.http_status is not None else "no HTTP status"
+    if failure.error_code:
+        head = f"{head} {failure.error_code}"
+    text = f"{head}: {failure.error_message}" if failure.error_message else head
+    return scrub_text(text, max_length=_REASON_LENGTH)
+
+
+def parked_signals(error: BaseException, attempts: int) -> str:
+    return orjson.dumps(
+        {
+            "signals": ["parked"],
+            "confidence": 0.0,
+            "advice": "Processing this failure kept failing; inspect the event and the logs.",
+            "error": scrub_text(f"{type(error).__name__}: {error}", max_length=500),
+            "attempts": attempts,
+        }
+    ).decode()

@@ -1,0 +1,67 @@
+"""Apply the SQL migrations in order, once each, under an advisory lock.
+
+Trigger files are recorded by content hash, so an edited trigger is re-applied once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from importlib import resources
+from importlib.abc import Traversable
+from pathlib import Path
+
+import psycopg
+
+from selfheal import queries
+
+__all__ = ["MigrationResult", "apply_migrations", "sql_root"]
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationResult:
+    applied: tuple[str, ...]
+
+
+def sql_root() -> Traversable:
+    """The SQL files: inside the installed wheel, or beside the source tree when editable."""
+    packaged = resources.files("selfheal") / "sql"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parents[2] / "sql"
+
+
+def _sql_files(folder: Traversable) -> list[Traversable]:
+    return sorted((f for f in folder.iterdir() if f.name.endswith(".sql")), key=lambda f: f.name)
+
+
+async def apply_migrations(conninfo: str) -> MigrationResult:
+    root = sql_root()
+    async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
+        # A session lock: a second `selfheal migrate` waits here, then finds nothing to do.
+        await conn.execute(queries.LOCK_MIGRATIONS, {"key": queries.MIGRATION_LOCK_KEY})
+        try:
+            await conn.execute(queries.CREATE_MIGRATIONS_TABLE)
+            cur = await conn.execute(queries.APPLIED_MIGRATIONS)
+            done = {row[0] for row in await cur.fetchall()}
+            applied: list[str] = []
+            for folder in ("migrations", "triggers"):
+                for file in _sql_files(root / folder):
+                    text = file.read_text("utf-8")
+                    name = _record_name(folder, file.name, text)
+                    if name in done:
+                        continue
+                    async with conn.transaction():
+                        await conn.execute(text.encode())
+                        await conn.execute(queries.RECORD_MIGRATION, {"name": name})
+                    applied.append(name)
+        finally:
+            await conn.execute(queries.UNLOCK_MIGRATIONS, {"key": queries.MIGRATION_LOCK_KEY})
+    return MigrationResult(tuple(applied))
+
+
+def _record_name(folder: str, name: str, text: str) -> str:
+    if folder == "migrations":
+        return name
+    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+    return f"triggers/{name}@{digest}"

@@ -1,0 +1,191 @@
+"""Every SQL statement the daemon runs, named after what it does."""
+
+from __future__ import annotations
+
+from typing import Final, LiteralString
+
+CHANNEL: Final = "selfheal_failures"
+MIGRATION_LOCK_KEY: Final = 7_415_112_031  # any constant; shared by every `selfheal migrate`
+
+CREATE_MIGRATIONS_TABLE: LiteralString = """
+CREATE TABLE IF NOT EXISTS selfheal_migrations (
+    name text PRIMARY KEY,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
+"""
+LOCK_MIGRATIONS: LiteralString = "SELECT pg_advisory_lock(%(key)s)"
+UNLOCK_MIGRATIONS: LiteralString = "SELECT pg_advisory_unlock(%(key)s)"
+APPLIED_MIGRATIONS: LiteralString = "SELECT name FROM selfheal_migrations"
+RECORD_MIGRATION: LiteralString = "INSERT INTO selfheal_migrations (name) VALUES (%(name)s)"
+
+IS_LISTENING: LiteralString = (
+    "SELECT EXISTS (SELECT 1 FROM pg_listening_channels() AS c WHERE c = %(channel)s)"
+)
+
+# Take a batch from the inbox: the rows stay locked (SKIP LOCKED for the other
+# daemons) until the transaction that records their diagnoses commits.
+CLAIM_FAILURES: LiteralString = """
+WITH claimed AS (
+    DELETE FROM selfheal_inbox
+    WHERE event_id = ANY (ARRAY(
+        SELECT event_id FROM selfheal_inbox
+        WHERE available_at <= now()
+        ORDER BY seq
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    ))
+    RETURNING event_id, attempts
+)
+SELECT e.id, e.service_name, e.http_status, e.error_code, e.error_message,
+       e.response_headers, e.payload, e.user_id, e.endpoint, c.attempts
+FROM claimed c
+JOIN integration_events e ON e.id = c.event_id
+"""
+
+# The same, for named events (`selfheal heal`, `selfheal scan`, one-by-one retries).
+CLAIM_EVENTS: LiteralString = """
+WITH claimed AS (
+    DELETE FROM selfheal_inbox WHERE event_id = ANY (%(event_ids)s::uuid[])
+    RETURNING event_id, attempts
+)
+SELECT e.id, e.service_name, e.http_status, e.error_code, e.error_message,
+       e.response_headers, e.payload, e.user_id, e.endpoint, COALESCE(c.attempts, 0)
+FROM integration_events e
+LEFT JOIN claimed c ON c.event_id = e.id
+WHERE e.id = ANY (%(event_ids)s::uuid[]) AND e.status <> 'success'
+  AND NOT EXISTS (SELECT 1 FROM system_integrity_events s WHERE s.event_id = e.id)
+"""
+
+RECORD_DIAGNOSES: LiteralString = """
+INSERT INTO system_integrity_events (
+    event_id, service_name, user_id, failure_reason, failure_category, action_taken,
+    analyzer_signals, status, next_retry_at, created_at, updated_at
+)
+SELECT r.event_id, r.service_name, r.user_id, r.failure_reason, r.failure_category,
+       r.action_taken, r.analyzer_signals::jsonb, 'pending', r.next_retry_at,
+       clock_timestamp(), clock_timestamp()
+FROM unnest(
+    %(event_ids)s::uuid[], %(service_names)s::text[], %(user_ids)s::uuid[],
+    %(reasons)s::text[], %(categories)s::text[], %(actions)s::text[],
+    %(signals)s::text[], %(next_retry_at)s::timestamptz[]
+) AS r(event_id, service_name, user_id, failure_reason, failure_category, action_taken,
+       analyzer_signals, next_retry_at)
+ON CONFLICT (event_id) DO NOTHING
+RETURNING id, event_id
+"""
+
+# A failure whose processing failed: try again later, or park it for good.
+DEFER_FAILURE: LiteralString = """
+INSERT INTO selfheal_inbox (event_id, attempts, available_at, last_error)
+VALUES (%(event_id)s, %(attempts)s, now() + make_interval(secs => %(delay)s), %(error)s)
+ON CONFLICT (event_id) DO UPDATE
+SET attempts = EXCLUDED.attempts, available_at = EXCLUDED.available_at,
+    last_error = EXCLUDED.last_error
+"""
+PARK_FAILURE: LiteralString = """
+WITH gone AS (DELETE FROM selfheal_inbox WHERE event_id = %(event_id)s)
+INSERT INTO system_integrity_events (
+    event_id, service_name, failure_reason, failure_category, action_taken,
+    analyzer_signals, status
+)
+SELECT e.id, e.service_name, %(reason)s, 'unknown', 'parked', %(signals)s::jsonb, 'pending'
+FROM integration_events e WHERE e.id = %(event_id)s
+ON CONFLICT (event_id) DO NOTHING
+"""
+
+# The backlog catch-up: failures with neither a record nor an inbox row, in
+# keyset-paged chunks so that no transaction is long and no outage is too long.
+ENQUEUE_BACKLOG: LiteralString = """
+WITH chunk AS (
+    SELECT e.id, e.created_at
+    FROM integration_events e
+    WHERE e.status = 'error'
+      AND (e.created_at, e.id)
+          > (COALESCE(%(after_created_at)s::timestamptz, '-infinity'), %(after_id)s::uuid)
+      AND e.created_at >= %(since)s::timestamptz
+    ORDER BY e.created_at, e.id
+    LIMIT %(limit)s
+), queued AS (
+    INSERT INTO selfheal_inbox (event_id)
+    SELECT c.id FROM chunk c
+    JOIN integration_events e ON e.id = c.id
+    WHERE e.selfheal_attempt IS NULL
+      AND NOT EXISTS (SELECT 1 FROM system_integrity_events s WHERE s.event_id = c.id)
+    ON CONFLICT (event_id) DO NOTHING
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM chunk), (SELECT count(*) FROM queued),
+       (SELECT created_at FROM chunk ORDER BY created_at DESC, id DESC LIMIT 1),
+       (SELECT id FROM chunk ORDER BY created_at DESC, id DESC LIMIT 1)
+"""
+
+UNRECORDED_FAILURES: LiteralString = """
+SELECT e.id FROM integration_events e
+WHERE e.status = 'error' AND e.selfheal_attempt IS NULL
+  AND e.created_at >= now() - make_interval(mins => %(window_minutes)s)
+  AND NOT EXISTS (SELECT 1 FROM system_integrity_events s WHERE s.event_id = e.id)
+ORDER BY e.created_at, e.id
+LIMIT %(limit)s
+"""
+
+RECORD_FOR_EVENT: LiteralString = """
+SELECT id, event_id, service_name, failure_category, action_taken, status, next_retry_at
+FROM system_integrity_events WHERE event_id = %(event_id)s
+"""
+EVENT_EXISTS: LiteralString = "SELECT EXISTS (SELECT 1 FROM integration_events WHERE id = %(event_id)s)"
+
+STATUS_COUNTS: LiteralString = """
+SELECT
+    (SELECT count(*) FROM selfheal_inbox) AS inbox,
+    (SELECT count(*) FROM system_integrity_events) AS records,
+    (SELECT count(*) FROM system_integrity_events WHERE status = 'pending') AS pending,
+    (SELECT count(*) FROM system_integrity_events WHERE status = 'resolved') AS resolved,
+    (SELECT count(*) FROM system_integrity_events WHERE status = 'disabled') AS disabled,
+    (SELECT count(*) FROM system_integrity_events
+        WHERE status = 'pending' AND next_retry_at <= now()) AS due,
+    (SELECT count(*) FROM system_integrity_events
+        WHERE created_at >= now() - interval '1 hour') AS last_hour,
+    (SELECT min(enqueued_at) FROM selfheal_inbox) AS oldest_inbox
+"""
+STATUS_BY_CATEGORY: LiteralString = """
+SELECT failure_category, status, count(*)
+FROM system_integrity_events GROUP BY 1, 2 ORDER BY 1, 2
+"""
+DISABLED_TARGETS: LiteralString = """
+SELECT m.service_name, NULL::uuid AS user_id, m.disabled_reason, m.disabled_at
+FROM integrations_master m WHERE NOT m.auto_recovery_enabled
+UNION ALL
+SELECT m.service_name, u.user_id, u.disabled_reason, u.disabled_at
+FROM user_integrations u JOIN integrations_master m ON m.id = u.integration_id
+WHERE NOT u.auto_recovery_enabled
+ORDER BY 1, 2
+"""
+
+ENABLE_SERVICE: LiteralString = """
+UPDATE integrations_master
+SET auto_recovery_enabled = true, recovery_fail_count = 0,
+    disabled_reason = NULL, disabled_at = NULL
+WHERE service_name = %(service_name)s
+RETURNING id
+"""
+ENABLE_USER_CONNECTION: LiteralString = """
+UPDATE user_integrations u
+SET auto_recovery_enabled = true, consecutive_failures = 0,
+    disabled_reason = NULL, disabled_at = NULL
+FROM integrations_master m
+WHERE m.id = u.integration_id AND m.service_name = %(service_name)s
+  AND u.user_id = %(user_id)s
+RETURNING u.id
+"""
+
+INJECT_FAILURE: LiteralString = """
+INSERT INTO integration_events (
+    service_name, event_type, payload, user_id, status, error_code, error_message,
+    http_status, endpoint, http_method, response_headers
+)
+VALUES (
+    %(service_name)s, 'selfheal.inject', %(payload)s, %(user_id)s, 'error', %(error_code)s,
+    %(error_message)s, %(http_status)s, %(endpoint)s, 'POST', %(response_headers)s
+)
+RETURNING id
+"""

@@ -1,0 +1,78 @@
+"""Configuration, read once at start from the environment (and `.env`) and passed down."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["ConfigError", "Settings", "load_settings"]
+
+
+class ConfigError(Exception):
+    """Bad configuration; the message names the variable."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="SELFHEAL_",
+        env_file=".env",
+        extra="ignore",
+        populate_by_name=True,
+        frozen=True,
+    )
+
+    # The specification's names, kept as they are.
+    database_url: SecretStr | None = Field(default=None, validation_alias="DATABASE_URL")
+    slack_webhook_url: SecretStr | None = Field(default=None, validation_alias="SLACK_WEBHOOK_URL")
+    teams_webhook_url: SecretStr | None = Field(
+        default=None, validation_alias="MICROSOFT_TEAMS_WEBHOOK_URL"
+    )
+    openai_api_key: SecretStr | None = Field(default=None, validation_alias="OPENAI_API_KEY")
+    openai_base_url: str = Field(
+        default="https://api.openai.com/v1", validation_alias="OPENAI_BASE_URL"
+    )
+    environment: str = Field(default="production", validation_alias="ENVIRONMENT")
+
+    # Everything else is SELFHEAL_*.
+    listen_database_url: SecretStr | None = None
+    data_dir: str | None = None
+    lease_seconds: float = Field(default=60.0, gt=0, le=86_400)
+    scan_interval_seconds: float = Field(default=900.0, gt=0)
+    poll_interval_seconds: float = Field(default=5.0, gt=0)
+    listen_check_seconds: float = Field(default=30.0, gt=0)
+    batch_size: int = Field(default=1000, ge=1, le=50_000)
+    scan_chunk_size: int = Field(default=10_000, ge=1)
+    max_processing_attempts: int = Field(default=3, ge=1, le=100)
+    shutdown_grace_seconds: float = Field(default=10.0, ge=0)
+    reconnect_max_seconds: float = Field(default=30.0, gt=0)
+    max_concurrency: int = Field(default=64, ge=1)
+    service_concurrency: int = Field(default=8, ge=1)
+    http_timeout_seconds: float = Field(default=10.0, gt=0)
+    max_retry_wait_seconds: float = Field(default=3600.0, gt=0)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "json", "console"] = "auto"
+
+    @property
+    def is_development(self) -> bool:
+        return self.environment.strip().lower() in {"development", "dev"}
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Load settings; turn a validation error into one line naming the variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        raise ConfigError(f"invalid configuration: {_env_name(error['loc'])}: {error['msg']}") from exc
+
+
+def _env_name(loc: tuple[int | str, ...]) -> str:
+    field = str(loc[0]) if loc else "?"
+    info = Settings.model_fields.get(field)
+    if info is not None and isinstance(info.validation_alias, str):
+        return info.validation_alias
+    if field.isupper():
+        return field
+    return "SELFHEAL_" + field.upper()

@@ -1,0 +1,36 @@
+"""A coalescing wake-up signal between tasks, and the reconnect backoff."""
+
+from __future__ import annotations
+
+import random
+
+import anyio
+
+__all__ = ["Wakeup", "reconnect_delay"]
+
+
+class Wakeup:
+    """Many `set()` calls before one `wait()` wake it once; a `set()` during the work
+    that follows a wake is not lost, it wakes the next `wait()` at once."""
+
+    def __init__(self) -> None:
+        self._event = anyio.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    async def wait(self, timeout: float) -> bool:
+        """True when woken, False on timeout."""
+        with anyio.move_on_after(timeout):
+            await self._event.wait()
+        woken = self._event.is_set()
+        if woken:
+            self._event = anyio.Event()
+        return woken
+
+
+def reconnect_delay(attempt: int, cap: float, rand: float | None = None) -> float:
+    """Exponential backoff from 0.1 s with full-range jitter in [50%, 100%], capped."""
+    r = random.random() if rand is None else rand  # noqa: S311 - jitter, not crypto
+    base: float = min(cap, 0.1 * 2 ** min(attempt, 30))
+    return base * (0.5 + r * 0.5)

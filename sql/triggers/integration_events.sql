@@ -1,0 +1,49 @@
+-- Failures go to the inbox in the writer's transaction, and one NOTIFY per
+-- statement wakes the daemon: a bulk insert of 100,000 failures sends one hint.
+-- Re-applied by every `selfheal migrate`.
+CREATE OR REPLACE FUNCTION selfheal_enqueue_inserted_failures() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    queued bigint;
+BEGIN
+    INSERT INTO selfheal_inbox (event_id)
+    SELECT id FROM selfheal_new_rows
+    WHERE status = 'error' AND selfheal_attempt IS NULL
+    ON CONFLICT (event_id) DO NOTHING;
+    GET DIAGNOSTICS queued = ROW_COUNT;
+    IF queued > 0 THEN
+        PERFORM pg_notify('selfheal_failures', queued::text);
+    END IF;
+    RETURN NULL;
+END $$;
+
+CREATE OR REPLACE FUNCTION selfheal_enqueue_updated_failures() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    queued bigint;
+BEGIN
+    INSERT INTO selfheal_inbox (event_id)
+    SELECT n.id
+    FROM selfheal_new_rows n
+    JOIN selfheal_old_rows o ON o.id = n.id
+    WHERE n.status = 'error' AND o.status IS DISTINCT FROM 'error'
+      AND n.selfheal_attempt IS NULL
+    ON CONFLICT (event_id) DO NOTHING;
+    GET DIAGNOSTICS queued = ROW_COUNT;
+    IF queued > 0 THEN
+        PERFORM pg_notify('selfheal_failures', queued::text);
+    END IF;
+    RETURN NULL;
+END $$;
+
+DROP TRIGGER IF EXISTS selfheal_failures_inserted ON integration_events;
+CREATE TRIGGER selfheal_failures_inserted
+    AFTER INSERT ON integration_events
+    REFERENCING NEW TABLE AS selfheal_new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION selfheal_enqueue_inserted_failures();
+
+DROP TRIGGER IF EXISTS selfheal_failures_updated ON integration_events;
+CREATE TRIGGER selfheal_failures_updated
+    AFTER UPDATE ON integration_events
+    REFERENCING OLD TABLE AS selfheal_old_rows NEW TABLE AS selfheal_new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION selfheal_enqueue_updated_failures();

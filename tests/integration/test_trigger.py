@@ -1,0 +1,77 @@
+"""The trigger: failures reach the inbox in the writer's transaction; NOTIFY is one hint per statement."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from selfheal import queries
+from tests.support.events import insert_burst, insert_failure
+
+
+def _inbox(conn: psycopg.Connection[tuple[object, ...]]) -> int:
+    row = conn.execute("SELECT count(*) FROM selfheal_inbox").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+@pytest.fixture
+def listener(db_url: str) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute(f"LISTEN {queries.CHANNEL}")
+        yield conn
+
+
+def _drain_notifies(conn: psycopg.Connection[tuple[object, ...]]) -> list[str]:
+    return [n.payload for n in conn.notifies(timeout=0.5)]
+
+
+def test_error_row_is_queued_and_notified(
+    db_url: str, listener: psycopg.Connection[tuple[object, ...]]
+) -> None:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        insert_failure(conn)
+        assert _inbox(conn) == 1
+    assert _drain_notifies(listener) == ["1"]
+
+
+def test_success_rows_and_self_heal_attempts_do_not_fire(
+    db_url: str, listener: psycopg.Connection[tuple[object, ...]]
+) -> None:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO integration_events (service_name, status) VALUES ('s', 'success')")
+        insert_failure(conn, selfheal_attempt=2)
+        assert _inbox(conn) == 0
+    assert _drain_notifies(listener) == []
+
+
+def test_update_into_error_fires_once(
+    db_url: str, listener: psycopg.Connection[tuple[object, ...]]
+) -> None:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO integration_events (service_name, status) VALUES ('s', 'pending')")
+        conn.execute("UPDATE integration_events SET status = 'error', http_status = 503")
+        conn.execute("UPDATE integration_events SET error_message = 'still failing'")
+        assert _inbox(conn) == 1
+    assert _drain_notifies(listener) == ["1"]
+
+
+def test_bulk_insert_sends_one_notification(
+    db_url: str, listener: psycopg.Connection[tuple[object, ...]]
+) -> None:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        insert_burst(conn, 100_000)
+        assert _inbox(conn) == 100_000
+    assert _drain_notifies(listener) == ["100000"]
+
+
+def test_rolled_back_failure_leaves_nothing(
+    db_url: str, listener: psycopg.Connection[tuple[object, ...]]
+) -> None:
+    with psycopg.connect(db_url) as conn:
+        insert_failure(conn)
+        conn.rollback()
+        assert _inbox(conn) == 0
+    assert _drain_notifies(listener) == []

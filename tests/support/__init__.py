@@ -1,0 +1,1 @@
+"""Test support: a real Postgres and real loopback HTTP servers."""

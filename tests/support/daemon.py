@@ -1,0 +1,91 @@
+"""Run `selfheal run` as a real process and follow its JSON log lines."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import IO, Any
+
+
+class DaemonProcess:
+    def __init__(self, db_url: str | None, **env: str) -> None:
+        full_env = {**os.environ, "SELFHEAL_LOG_FORMAT": "json", "SELFHEAL_LOG_LEVEL": "info", **env}
+        full_env.pop("SELFHEAL_TEST_DATABASE_URL", None)
+        full_env.pop("DATABASE_URL", None)
+        if db_url is not None:
+            full_env["DATABASE_URL"] = db_url
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "selfheal", "run"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+            text=True,
+        )
+        self.lines: list[dict[str, Any]] = []
+        self.raw: list[str] = []
+        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        assert self.proc.stdout is not None
+        self._reader = threading.Thread(target=self._read, args=(self.proc.stdout,), daemon=True)
+        self._reader.start()
+
+    def _read(self, stream: IO[str]) -> None:
+        for line in stream:
+            self.raw.append(line)
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                entry = {"event": "non_json_line", "line": line}
+            self.lines.append(entry)
+            self._queue.put(entry)
+        self._queue.put(None)
+
+    def wait_for(
+        self, predicate: Callable[[dict[str, Any]], bool] | str, timeout: float = 60
+    ) -> dict[str, Any]:
+        """Block until a log line matches (an event name or a predicate)."""
+        match = (lambda e: e.get("event") == predicate) if isinstance(predicate, str) else predicate
+        for entry in list(self.lines):
+            if match(entry):
+                return entry
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"no log line matching {predicate!r}; last: {self.raw[-5:]}")
+            try:
+                entry = self._queue.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            if entry is None:
+                raise RuntimeError(f"daemon exited ({self.proc.poll()}); last: {self.raw[-10:]}")
+            if match(entry):
+                return entry
+
+    def started(self, timeout: float = 60) -> DaemonProcess:
+        self.wait_for("daemon.started", timeout)
+        return self
+
+    def terminate(self, timeout: float = 30) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.kill()
+        self._reader.join(5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        return [e for e in self.lines if e.get("event") == name]

@@ -6,7 +6,6 @@ import argparse
 import sys
 import uuid
 from collections.abc import Awaitable, Callable
-from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -129,7 +128,7 @@ Command = Callable[[Settings, str, argparse.Namespace], Awaitable[int]]
 
 async def _with_database(command: Command, settings: Settings, args: argparse.Namespace) -> int:
     conninfo = _conninfo(settings)
-    if args.command == "run" and not args.no_migrate or args.command == "migrate":
+    if (args.command == "run" and not args.no_migrate) or args.command == "migrate":
         result = await apply_migrations(conninfo)
         log.info("migrate.done", applied=list(result.applied))
         if args.command == "migrate":

@@ -33,6 +33,7 @@ class ClaimedFailure:
     user_id: uuid.UUID | None
     endpoint: str | None
     attempts: int
+    vanished: bool = False  # the event row was deleted after it was queued
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> ClaimedFailure:
@@ -94,13 +95,14 @@ def failure_reason(failure: Failure) -> str:
     return scrub_text(text, max_length=_REASON_LENGTH)
 
 
-def parked_signals(error: BaseException, attempts: int) -> str:
+def parked_signals(error: str, attempts: int) -> str:
+    """analyzer_signals of a parked failure; `error` is already sanitized."""
     return orjson.dumps(
         {
             "signals": ["parked"],
             "confidence": 0.0,
             "advice": "Processing this failure kept failing; inspect the event and the logs.",
-            "error": scrub_text(f"{type(error).__name__}: {error}", max_length=500),
+            "error": error,
             "attempts": attempts,
         }
     ).decode()

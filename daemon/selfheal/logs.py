@@ -1,4 +1,4 @@
-"""structlog setup: one JSON object per line when not on a terminal, readable console output on one."""
+"""structlog setup: one JSON object per line off a terminal, readable console output on one."""
 
 from __future__ import annotations
 
@@ -47,6 +47,18 @@ def configure_logging(settings: Settings, stream: TextIO | None = None) -> None:
         logger_factory=structlog.WriteLoggerFactory(file=stream),
         cache_logger_on_first_use=True,
     )
+    # Libraries (psycopg_pool) log through the stdlib: same stream, same one-line form.
+    root = logging.getLogger()
+    root.handlers[:] = [_ToStructlog()]
+    root.setLevel(max(_LEVELS[settings.log_level], logging.INFO))
+
+
+class _ToStructlog(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        level = record.levelname.lower()
+        log = structlog.get_logger()
+        method = getattr(log, level if level in _LEVELS else "info")
+        method(f"{record.name}.log", message=record.getMessage())
 
 
 def get_logger(**initial: Any) -> Any:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Final, LiteralString
 
 CHANNEL: Final = "selfheal_failures"
+# Sent with each committed batch of records, for anything that wants to react to them.
+RECORDED_CHANNEL: Final = "selfheal_recorded"
 MIGRATION_LOCK_KEY: Final = 7_415_112_031  # any constant; shared by every `selfheal migrate`
 
 CREATE_MIGRATIONS_TABLE: LiteralString = """
@@ -22,56 +24,64 @@ IS_LISTENING: LiteralString = (
     "SELECT EXISTS (SELECT 1 FROM pg_listening_channels() AS c WHERE c = %(channel)s)"
 )
 
-# Take a batch from the inbox: the rows stay locked (SKIP LOCKED for the other
-# daemons) until the transaction that records their diagnoses commits.
+# Lease a batch from the inbox: its rows become invisible to every claimer until the
+# lease runs out, so a killed daemon's batch comes back by itself. `attempts` counts
+# claims: a row claimed again was in flight when something went wrong.
 CLAIM_FAILURES: LiteralString = """
 WITH claimed AS (
-    DELETE FROM selfheal_inbox
-    WHERE event_id = ANY (ARRAY(
+    UPDATE selfheal_inbox q
+    SET available_at = now() + make_interval(secs => %(lease_seconds)s),
+        attempts = q.attempts + 1
+    WHERE q.event_id = ANY (ARRAY(
         SELECT event_id FROM selfheal_inbox
         WHERE available_at <= now()
         ORDER BY seq
         LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED
     ))
-    RETURNING event_id, attempts
+    RETURNING q.event_id, q.attempts
 )
-SELECT e.id, e.service_name, e.http_status, e.error_code, e.error_message,
-       e.response_headers, e.payload, e.user_id, e.endpoint, c.attempts
+SELECT c.event_id, e.service_name, e.http_status, e.error_code, e.error_message,
+       e.response_headers, e.payload, e.user_id, e.endpoint, c.attempts, e.id IS NULL
 FROM claimed c
-JOIN integration_events e ON e.id = c.event_id
+LEFT JOIN integration_events e ON e.id = c.event_id
 """
 
-# The same, for named events (`selfheal heal`, `selfheal scan`, one-by-one retries).
+# Named events (`selfheal heal`, `selfheal scan`): no lease, the unique event_id decides.
 CLAIM_EVENTS: LiteralString = """
-WITH claimed AS (
-    DELETE FROM selfheal_inbox WHERE event_id = ANY (%(event_ids)s::uuid[])
-    RETURNING event_id, attempts
-)
 SELECT e.id, e.service_name, e.http_status, e.error_code, e.error_message,
-       e.response_headers, e.payload, e.user_id, e.endpoint, COALESCE(c.attempts, 0)
+       e.response_headers, e.payload, e.user_id, e.endpoint, COALESCE(q.attempts, 0), false
 FROM integration_events e
-LEFT JOIN claimed c ON c.event_id = e.id
+LEFT JOIN selfheal_inbox q ON q.event_id = e.id
 WHERE e.id = ANY (%(event_ids)s::uuid[]) AND e.status <> 'success'
   AND NOT EXISTS (SELECT 1 FROM system_integrity_events s WHERE s.event_id = e.id)
 """
 
+# Record and take out of the inbox in one statement. One NOTIFY per batch (delivered at
+# commit) tells listeners how many were recorded.
 RECORD_DIAGNOSES: LiteralString = """
-INSERT INTO system_integrity_events (
-    event_id, service_name, user_id, failure_reason, failure_category, action_taken,
-    analyzer_signals, status, next_retry_at, created_at, updated_at
+WITH done AS (
+    DELETE FROM selfheal_inbox WHERE event_id = ANY (%(done_ids)s::uuid[])
+), recorded AS (
+    INSERT INTO system_integrity_events (
+        event_id, service_name, user_id, failure_reason, failure_category, action_taken,
+        analyzer_signals, status, next_retry_at, created_at, updated_at
+    )
+    SELECT r.event_id, r.service_name, r.user_id, r.failure_reason, r.failure_category,
+           r.action_taken, r.analyzer_signals::jsonb, 'pending', r.next_retry_at,
+           clock_timestamp(), clock_timestamp()
+    FROM unnest(
+        %(event_ids)s::uuid[], %(service_names)s::text[], %(user_ids)s::uuid[],
+        %(reasons)s::text[], %(categories)s::text[], %(actions)s::text[],
+        %(signals)s::text[], %(next_retry_at)s::timestamptz[]
+    ) AS r(event_id, service_name, user_id, failure_reason, failure_category, action_taken,
+           analyzer_signals, next_retry_at)
+    ON CONFLICT (event_id) DO NOTHING
+    RETURNING id, event_id
+), notified AS (
+    SELECT pg_notify('selfheal_recorded', count(*)::text) FROM recorded
 )
-SELECT r.event_id, r.service_name, r.user_id, r.failure_reason, r.failure_category,
-       r.action_taken, r.analyzer_signals::jsonb, 'pending', r.next_retry_at,
-       clock_timestamp(), clock_timestamp()
-FROM unnest(
-    %(event_ids)s::uuid[], %(service_names)s::text[], %(user_ids)s::uuid[],
-    %(reasons)s::text[], %(categories)s::text[], %(actions)s::text[],
-    %(signals)s::text[], %(next_retry_at)s::timestamptz[]
-) AS r(event_id, service_name, user_id, failure_reason, failure_category, action_taken,
-       analyzer_signals, next_retry_at)
-ON CONFLICT (event_id) DO NOTHING
-RETURNING id, event_id
+SELECT recorded.id, recorded.event_id FROM recorded CROSS JOIN notified
 """
 
 # A failure whose processing failed: try again later, or park it for good.
@@ -81,6 +91,11 @@ VALUES (%(event_id)s, %(attempts)s, now() + make_interval(secs => %(delay)s), %(
 ON CONFLICT (event_id) DO UPDATE
 SET attempts = EXCLUDED.attempts, available_at = EXCLUDED.available_at,
     last_error = EXCLUDED.last_error
+"""
+# On shutdown: leased rows not recorded go back to the inbox at once.
+RELEASE_FAILURES: LiteralString = """
+UPDATE selfheal_inbox SET available_at = now(), attempts = greatest(attempts - 1, 0)
+WHERE event_id = ANY (%(event_ids)s::uuid[])
 """
 PARK_FAILURE: LiteralString = """
 WITH gone AS (DELETE FROM selfheal_inbox WHERE event_id = %(event_id)s)
@@ -132,7 +147,9 @@ RECORD_FOR_EVENT: LiteralString = """
 SELECT id, event_id, service_name, failure_category, action_taken, status, next_retry_at
 FROM system_integrity_events WHERE event_id = %(event_id)s
 """
-EVENT_EXISTS: LiteralString = "SELECT EXISTS (SELECT 1 FROM integration_events WHERE id = %(event_id)s)"
+EVENT_EXISTS: LiteralString = (
+    "SELECT EXISTS (SELECT 1 FROM integration_events WHERE id = %(event_id)s)"
+)
 
 STATUS_COUNTS: LiteralString = """
 SELECT

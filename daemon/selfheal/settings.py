@@ -65,7 +65,8 @@ def load_settings(**overrides: object) -> Settings:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         error = exc.errors()[0]
-        raise ConfigError(f"invalid configuration: {_env_name(error['loc'])}: {error['msg']}") from exc
+        name = _env_name(error["loc"])
+        raise ConfigError(f"invalid configuration: {name}: {error['msg']}") from exc
 
 
 def _env_name(loc: tuple[int | str, ...]) -> str:

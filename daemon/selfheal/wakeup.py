@@ -19,9 +19,9 @@ class Wakeup:
     def set(self) -> None:
         self._event.set()
 
-    async def wait(self, timeout: float) -> bool:
-        """True when woken, False on timeout."""
-        with anyio.move_on_after(timeout):
+    async def wait(self, seconds: float) -> bool:
+        """True when woken, False when `seconds` passed first."""
+        with anyio.move_on_after(seconds):
             await self._event.wait()
         woken = self._event.is_set()
         if woken:

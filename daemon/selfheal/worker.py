@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 
 import anyio
+from anyio.abc import TaskGroup
 
 from selfheal.diagnose import ClaimedFailure, Diagnosis, diagnose, parked_signals
 from selfheal.logs import first_line, get_logger
@@ -15,7 +19,7 @@ from selfheal.settings import Settings
 from selfheal.store import DatabaseUnavailable, Recorded, Store
 from selfheal.wakeup import Wakeup, reconnect_delay
 
-__all__ = ["Claimer", "Scanner", "diagnose_all"]
+__all__ = ["Claimer", "Scanner"]
 
 log = get_logger()
 
@@ -24,10 +28,6 @@ Clock = Callable[[], datetime]
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-def diagnose_all(claimed: Sequence[ClaimedFailure], now: datetime) -> list[Diagnosis]:
-    return [diagnose(c, now) for c in claimed]
 
 
 class Claimer:
@@ -65,64 +65,131 @@ class Claimer:
             await self._wakeup.wait(self._settings.poll_interval_seconds)
 
     async def drain(self) -> int:
-        """Claim and record batches until the inbox has nothing due."""
+        """Claim and record batches until the inbox has nothing due. Batch N is written
+        while batch N+1 is claimed and diagnosed: Postgres and Python work side by side."""
         total = 0
         limit = self._settings.batch_size
-        while not self._stopping:
-            claimed, recorded = await self._claim(limit)
-            total += len(recorded)
-            if claimed < limit:
-                break
+        in_flight: list[uuid.UUID] = []
+        writing: _Background | None = None
+        error: Exception | None = None
+        try:
+            async with anyio.create_task_group() as tg:
+                try:
+                    while not self._stopping:
+                        claimed = await self._store.claim(limit, self._settings.lease_seconds)
+                        in_flight.extend(c.event_id for c in claimed)
+                        batch = self._diagnose(claimed)
+                        if writing is not None:
+                            total += len(await writing.result())
+                            writing = None
+                        if len(claimed) < limit:
+                            total += len(await self._write(batch))
+                            break
+                        writing = _Background(tg, partial(self._write, overlap=True), batch)
+                    if writing is not None:
+                        total += len(await writing.result())
+                except Exception as exc:  # raised as itself, not in an ExceptionGroup
+                    error = exc
+                    tg.cancel_scope.cancel()
+        except anyio.get_cancelled_exc_class():
+            # Shutdown ran out of grace: hand the batches back now, not at lease expiry.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                await self._store.release(in_flight)
+            raise
+        if error is not None:
+            if isinstance(error, DatabaseUnavailable):
+                # Best effort: else these wait for their lease to run out.
+                with contextlib.suppress(DatabaseUnavailable):
+                    await self._store.release(in_flight)
+            raise error
         return total
 
     async def process_events(self, event_ids: Sequence[uuid.UUID]) -> list[Recorded]:
         """Diagnose and record the named events now (`selfheal heal`, `selfheal scan`)."""
-        _, recorded = await self._claim(len(event_ids), event_ids)
+        claimed = await self._store.claim_events(event_ids)
+        return await self._write(self._diagnose(claimed))
+
+    def _diagnose(self, claimed: Sequence[ClaimedFailure]) -> _Batch:
+        # A row claimed before was in flight when its daemon died or its batch failed:
+        # it goes alone, so that one poison row cannot take a batch down with it.
+        now = self._clock()
+        batch = _Batch()
+        for c in claimed:
+            if c.vanished:
+                batch.done.append(c.event_id)
+            elif c.attempts > 1:
+                batch.suspects.append(c)
+            else:
+                try:
+                    batch.diagnoses.append(diagnose(c, now))
+                except Exception as exc:
+                    log.warning(
+                        "failure.diagnose_failed",
+                        event_id=str(c.event_id),
+                        error=scrub_text(first_line(exc), max_length=300),
+                    )
+                    batch.suspects.append(c)
+                    continue
+                batch.done.append(c.event_id)
+                batch.claimed.append(c)
+        return batch
+
+    async def _write(self, batch: _Batch, *, overlap: bool = False) -> list[Recorded]:
+        recorded: list[Recorded] = []
+        suspects = batch.suspects
+        if batch.done:
+            try:
+                recorded = await self._store.record(batch.diagnoses, batch.done, overlap=overlap)
+            except DatabaseUnavailable:
+                raise
+            except Exception as exc:
+                log.warning("claimer.batch_failed", error=first_line(exc), size=len(batch.done))
+                suspects = [*batch.claimed, *suspects]
+            self._log_recorded(recorded)
+        for suspect in suspects:
+            recorded.extend(await self._process_suspect(suspect))
         return recorded
 
-    async def _claim(
-        self, limit: int, event_ids: Sequence[uuid.UUID] | None = None
-    ) -> tuple[int, list[Recorded]]:
-        seen: list[ClaimedFailure] = []
-
-        def diagnose_batch(claimed: Sequence[ClaimedFailure]) -> list[Diagnosis]:
-            seen.extend(claimed)
-            return diagnose_all(claimed, self._clock())
-
+    async def _process_suspect(self, suspect: ClaimedFailure) -> list[Recorded]:
+        if suspect.attempts > self._settings.max_processing_attempts:
+            await self._park(suspect, "claimed repeatedly without being recorded")
+            return []
         try:
-            claimed, recorded = await self._store.claim_and_record(limit, diagnose_batch, event_ids)
+            recorded = await self._store.record(
+                [diagnose(suspect, self._clock())], [suspect.event_id]
+            )
         except DatabaseUnavailable:
             raise
-        except Exception as exc:  # the batch rolled back into the inbox
-            if len(seen) == 1 or (not seen and event_ids is not None and len(event_ids) == 1):
-                event_id = seen[0].event_id if seen else event_ids[0]  # type: ignore[index]
-                attempts = (seen[0].attempts if seen else 0) + 1
-                await self._handle_poison(event_id, attempts, exc)
-                return 1, []
-            log.warning("claimer.batch_failed", error=first_line(exc), size=len(seen))
-            # Find the poison row: one by one, each in its own transaction.
-            recorded = []
-            for failure in seen:
-                recorded.extend((await self._claim(1, [failure.event_id]))[1])
-            return len(seen), recorded
+        except Exception as exc:
+            error = scrub_text(f"{type(exc).__name__}: {first_line(exc)}", max_length=500)
+            if suspect.attempts >= self._settings.max_processing_attempts:
+                await self._park(suspect, error)
+            else:
+                delay = min(60.0, 2.0**suspect.attempts)
+                log.warning(
+                    "failure.processing_failed",
+                    event_id=str(suspect.event_id),
+                    service_name=suspect.service_name,
+                    attempt=suspect.attempts,
+                    retry_in=delay,
+                    error=error,
+                )
+                await self._store.defer(suspect.event_id, suspect.attempts, delay, error)
+            return []
         self._log_recorded(recorded)
-        return len(claimed), recorded
+        return recorded
 
-    async def _handle_poison(self, event_id: uuid.UUID, attempts: int, exc: Exception) -> None:
-        error = scrub_text(f"{type(exc).__name__}: {exc}", max_length=500)
-        if attempts >= self._settings.max_processing_attempts:
-            log.error("failure.parked", event_id=str(event_id), attempts=attempts, error=error)
-            await self._store.park(event_id, f"parked: {error}", parked_signals(exc, attempts))
-        else:
-            delay = min(60.0, 2.0**attempts)
-            log.warning(
-                "failure.processing_failed",
-                event_id=str(event_id),
-                attempt=attempts,
-                retry_in=delay,
-                error=error,
-            )
-            await self._store.defer(event_id, attempts, delay, error)
+    async def _park(self, suspect: ClaimedFailure, error: str) -> None:
+        log.error(
+            "failure.parked",
+            event_id=str(suspect.event_id),
+            service_name=suspect.service_name,
+            attempts=suspect.attempts,
+            error=error,
+        )
+        await self._store.park(
+            suspect.event_id, f"parked: {error}", parked_signals(error, suspect.attempts)
+        )
 
     def _log_recorded(self, recorded: list[Recorded]) -> None:
         for r in recorded:
@@ -138,6 +205,45 @@ class Claimer:
             )
         if recorded:
             self._on_recorded(recorded)
+
+
+@dataclass(slots=True)
+class _Batch:
+    claimed: list[ClaimedFailure] = field(default_factory=list)
+    diagnoses: list[Diagnosis] = field(default_factory=list)
+    done: list[uuid.UUID] = field(default_factory=list)  # to take out of the inbox
+    suspects: list[ClaimedFailure] = field(default_factory=list)
+
+
+class _Background:
+    """One batch being written in the task group; `result()` waits and re-raises."""
+
+    def __init__(
+        self,
+        tg: TaskGroup,
+        write: Callable[[_Batch], Awaitable[list[Recorded]]],
+        batch: _Batch,
+    ) -> None:
+        self._done = anyio.Event()
+        self._value: list[Recorded] = []
+        self._error: Exception | None = None
+        tg.start_soon(self._run, write, batch)
+
+    async def _run(
+        self, write: Callable[[_Batch], Awaitable[list[Recorded]]], batch: _Batch
+    ) -> None:
+        try:
+            self._value = await write(batch)
+        except Exception as exc:
+            self._error = exc
+        finally:
+            self._done.set()
+
+    async def result(self) -> list[Recorded]:
+        await self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return self._value
 
 
 class Scanner:

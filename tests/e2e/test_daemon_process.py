@@ -56,7 +56,8 @@ def test_records_every_failure_and_exits_cleanly_on_sigterm(
 def test_kill_9_mid_burst_loses_nothing_and_records_nothing_twice(
     db_url: str, daemons: list[DaemonProcess]
 ) -> None:
-    first = DaemonProcess(db_url, SELFHEAL_BATCH_SIZE="200")
+    # The killed daemon's leases run out after 2 s; then the second one takes them.
+    first = DaemonProcess(db_url, SELFHEAL_BATCH_SIZE="200", SELFHEAL_LEASE_SECONDS="2")
     daemons.append(first)
     first.started()
     with psycopg.connect(db_url, autocommit=True) as conn:

@@ -1,6 +1,6 @@
 """Drain rate of a burst of failures committed in one statement (target: 10,000/s or more).
 
-Usage: python bench/burst.py [--count 20000] [--rounds 3]
+Usage: python -m bench.burst [--count 20000] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -10,16 +10,17 @@ import statistics
 import time
 
 import psycopg
-from common import DaemonProcess, bench_databases
 
+from bench.common import DaemonProcess, bench_databases
 from tests.support.events import assert_exactly_one_record_per_failure, insert_burst
 
 
 def drain_seconds(url: str, count: int) -> float:
     """Commit `count` failures in one statement; time until the daemon has recorded them all."""
-    with psycopg.connect(url, autocommit=True) as listener, psycopg.connect(
-        url, autocommit=True
-    ) as writer:
+    with (
+        psycopg.connect(url, autocommit=True) as listener,
+        psycopg.connect(url, autocommit=True) as writer,
+    ):
         listener.execute("LISTEN selfheal_recorded")
         insert_burst(writer, count)
         committed = time.perf_counter()

@@ -1,15 +1,11 @@
-"""Shared by the benchmarks: a fresh migrated database and a daemon process."""
+"""Shared by the benchmarks (run from the repository root: `python -m bench.NAME`)."""
 
 from __future__ import annotations
 
 import statistics
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tests.support.daemon import DaemonProcess  # noqa: E402
-from tests.support.postgres import Databases, find_server, scratch_dir  # noqa: E402
+from tests.support.daemon import DaemonProcess
+from tests.support.postgres import Databases, find_server, scratch_dir
 
 __all__ = ["DaemonProcess", "bench_databases", "percentile", "summary"]
 

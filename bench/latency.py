@@ -2,7 +2,7 @@
 
 Baseline: a listener's wake-up after the writer's commit (the trigger's NOTIFY), no daemon.
 Daemon: the writer's commit to the daemon's committed record (its `selfheal_recorded` NOTIFY).
-Both measured on one clock in one process. Usage: python bench/latency.py [--samples 1000]
+Both measured on one clock in one process. Usage: python -m bench.latency [--samples 1000]
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import threading
 import time
 
 import psycopg
-from common import DaemonProcess, bench_databases, percentile, summary
 
+from bench.common import DaemonProcess, bench_databases, percentile, summary
 from tests.support.events import insert_failure
 
 DAEMON_ENV: dict[str, str] = {}
@@ -73,8 +73,9 @@ def main() -> None:
     print(f"with daemon (commit -> recorded):      {summary(with_daemon)}")
     added_median = statistics.median(with_daemon) - statistics.median(baseline)
     added_p99 = percentile(with_daemon, 0.99) - percentile(baseline, 0.99)
-    print(f"daemon adds: median {added_median:.3f} ms  p99 {added_p99:.3f} ms"
-          "  (targets: 1 ms, 8 ms)")
+    print(
+        f"daemon adds: median {added_median:.3f} ms  p99 {added_p99:.3f} ms  (targets: 1 ms, 8 ms)"
+    )
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ import signal
 import socket
 
 import anyio
-from anyio.abc import CancelScope, TaskStatus
+from anyio import CancelScope
+from anyio.abc import TaskStatus
 
 from selfheal.listener import Listener
 from selfheal.logs import get_logger
@@ -27,10 +28,16 @@ async def run_daemon(settings: Settings, conninfo: str, listen_conninfo: str) ->
     async with Store.open(conninfo) as store:
         claimer = Claimer(store, settings, claim_wakeup)
         scanner = Scanner(store, settings, scan_wakeup, claim_wakeup)
+
+        def catch_up() -> None:
+            # Notifications sent while the listener was away are lost: sweep the tables.
+            claim_wakeup.set()
+            scan_wakeup.set()
+
         listener = Listener(
             listen_conninfo,
             on_notify=claim_wakeup.set,
-            on_connect=lambda: (claim_wakeup.set(), scan_wakeup.set()),
+            on_connect=catch_up,
             check_interval=settings.listen_check_seconds,
             reconnect_cap=settings.reconnect_max_seconds,
         )
@@ -40,13 +47,20 @@ async def run_daemon(settings: Settings, conninfo: str, listen_conninfo: str) ->
             workers = anyio.create_task_group()
             async with workers:
                 await tg.start(
-                    _stop_on_signal, settings, tg.cancel_scope, workers.cancel_scope,
+                    _stop_on_signal,
+                    settings,
+                    tg.cancel_scope,
+                    workers.cancel_scope,
                     (claimer, scanner),
                 )
                 workers.start_soon(claimer.run)
                 workers.start_soon(scanner.run)
-                log.info("daemon.started", owner=owner, batch_size=settings.batch_size,
-                         scan_interval_seconds=settings.scan_interval_seconds)
+                log.info(
+                    "daemon.started",
+                    owner=owner,
+                    batch_size=settings.batch_size,
+                    scan_interval_seconds=settings.scan_interval_seconds,
+                )
             # The workers finished their in-flight batches (or the grace period ran out).
             tg.cancel_scope.cancel()
     log.info("daemon.stopped", owner=owner)
@@ -63,8 +77,11 @@ async def _stop_on_signal(
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         task_status.started()
         async for signum in signals:
-            log.info("daemon.stopping", signal=signal.Signals(signum).name,
-                     grace_seconds=settings.shutdown_grace_seconds)
+            log.info(
+                "daemon.stopping",
+                signal=signal.Signals(signum).name,
+                grace_seconds=settings.shutdown_grace_seconds,
+            )
             for worker in workers:
                 worker.stop()
             break

@@ -19,8 +19,8 @@ def start_embedded(data_dir: Path) -> str:
     """Start (or reuse) the server in data_dir and return its socket conninfo."""
     # pgserver warns through platformdirs when XDG_RUNTIME_DIR is unset (containers, CI).
     os.environ.setdefault("XDG_RUNTIME_DIR", str(data_dir.parent))
-    import pgserver  # slow import (about 0.3 s); only when needed
+    from pgserver import get_server  # type: ignore[attr-defined]  # slow import; only here
 
     data_dir.mkdir(parents=True, exist_ok=True)
-    server = pgserver.get_server(data_dir, cleanup_mode="stop")
+    server = get_server(data_dir, cleanup_mode="stop")
     return str(server.get_uri())

@@ -23,8 +23,26 @@ def _dumps(event: Any, **_: Any) -> str:
     return orjson.dumps(event, default=str).decode()
 
 
+class _Output:
+    """The one line writer behind every logger. Loggers are cached on first use, so
+    configuring again (a second command in one process) swaps its stream, not it."""
+
+    def __init__(self) -> None:
+        self.stream: TextIO = sys.stdout
+
+    def msg(self, message: str) -> None:
+        self.stream.write(message + "\n")
+        self.stream.flush()
+
+    debug = info = warning = warn = error = critical = exception = fatal = msg
+
+
+_OUTPUT = _Output()
+
+
 def configure_logging(settings: Settings, stream: TextIO | None = None) -> None:
     stream = stream or sys.stdout
+    _OUTPUT.stream = stream
     fmt = settings.log_format
     if fmt == "auto":
         fmt = "console" if stream.isatty() else "json"
@@ -44,7 +62,7 @@ def configure_logging(settings: Settings, stream: TextIO | None = None) -> None:
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[settings.log_level]),
-        logger_factory=structlog.WriteLoggerFactory(file=stream),
+        logger_factory=lambda *_: _OUTPUT,
         cache_logger_on_first_use=True,
     )
     # Libraries (psycopg_pool) log through the stdlib: same stream, same one-line form.

@@ -137,7 +137,7 @@ SELECT (SELECT count(*) FROM chunk), (SELECT count(*) FROM queued),
 UNRECORDED_FAILURES: LiteralString = """
 SELECT e.id FROM integration_events e
 WHERE e.status = 'error' AND e.selfheal_attempt IS NULL
-  AND e.created_at >= now() - make_interval(mins => %(window_minutes)s)
+  AND e.created_at >= now() - make_interval(secs => %(window_minutes)s * 60)
   AND NOT EXISTS (SELECT 1 FROM system_integrity_events s WHERE s.event_id = e.id)
 ORDER BY e.created_at, e.id
 LIMIT %(limit)s

@@ -63,10 +63,11 @@ def _words(*fragments: str) -> str:
     by_first: dict[str, list[str]] = {}
     for fragment in fragments:
         by_first.setdefault(fragment[0], []).append(fragment[1:])
-    return "|".join(
+    branches = "|".join(
         f"{first}(?:{'|'.join(sorted(rests, key=len, reverse=True))})"
         for first, rests in by_first.items()
     )
+    return f"(?:{branches})"
 
 
 # Receives the match and the original text (matches on the lower-cased copy are mapped back by
@@ -200,8 +201,13 @@ _KEY_VALUE_TRIGGERS = (
     "webhook", "assertion", "code", "sig", "sid", "auth",
 )  # fmt: skip
 
+# Only known schemes are kept: in "Authorization: s3cr3t more" the first word is the secret.
+_HEADER_SCHEME = _words(
+    "bearer", "basic", "digest", "token", "bot", "negotiate", "ntlm", "dpop", "gnap", "apikey",
+    "api-key", "sso-key", "key", "hmac", "sharedkey", "aws4-hmac-sha256",
+)  # fmt: skip
 _AUTHORIZATION_HEADER = rf"""
-    (?P<keep>authorization{_SEPARATOR}(?P<quote>{_QUOTE})?(?:[a-z][a-z0-9_-]{{0,30}}[ \t]+)?)
+    (?P<keep>authorization{_SEPARATOR}(?P<quote>{_QUOTE})?(?:{_HEADER_SCHEME}[ \t]+)?)
     {_LINE_VALUE}
 """
 _COOKIE_HEADER = rf"(?P<keep>cookie{_SEPARATOR}(?P<quote>{_QUOTE})?){_LINE_VALUE}"
@@ -215,10 +221,10 @@ _SCHEME_VALUE = rf"""
 """
 
 # "API key 4f3a...", "secret is 'Zx81...'": a long random-looking word near a secret's name.
+# Not "authorization": its header rule keeps the scheme ("AWS4-HMAC-SHA256") this would eat.
 _LOOSE_SECRET_NAMES = _words(
-    "token", "secret", "key", "passw(?:or)?d", "passphrase", "authorization", "credentials?",
-    "signature",
-)  # fmt: skip
+    "token", "secret", "key", "passw(?:or)?d", "passphrase", "credentials?", "signature"
+)
 _ENTROPIC_AFTER_NAME = rf"""
     (?P<keep>(?:{_LOOSE_SECRET_NAMES})
         s?[ \t:="'`]{{1,4}}(?:(?:is|was|of|for|value)[ \t:="'`]{{1,4}})?)
@@ -226,7 +232,7 @@ _ENTROPIC_AFTER_NAME = rf"""
 """
 
 # Order matters: exact formats first, so that looser rules never keep part of one as a key
-# name or auth scheme.
+# name or auth scheme; and no rule may redact a key name before its value is redacted.
 _SEPARATORS = (":", "=")
 _RULES: tuple[_Rule, ...] = (
     _Rule(_PEM_BLOCK, REDACTED, triggers=("PRIVATE KEY",)),
@@ -258,6 +264,9 @@ _RULES: tuple[_Rule, ...] = (
         _AUTHORIZATION_HEADER, _keep_prefix, triggers=("authorization",), needs=_SEPARATORS
     ),
     _folded_rule(_COOKIE_HEADER, _keep_prefix, triggers=("cookie",), needs=_SEPARATORS),
+    _folded_rule(_KEY_VALUE, _keep_prefix, triggers=_KEY_VALUE_TRIGGERS, needs=_SEPARATORS),
+    # After key=value: in "Bearer refreshToken: v" the word after the scheme is a key name,
+    # and redacting it first would hide the secret value from the key=value rule.
     _folded_rule(
         _SCHEME_VALUE,
         _keep_scheme_if_secret,
@@ -265,11 +274,10 @@ _RULES: tuple[_Rule, ...] = (
         needs=(" ", "\t"),
         min_length=8,
     ),
-    _folded_rule(_KEY_VALUE, _keep_prefix, triggers=_KEY_VALUE_TRIGGERS, needs=_SEPARATORS),
     _folded_rule(
         _ENTROPIC_AFTER_NAME,
         _keep_prefix_if_entropic,
-        triggers=("token", "secret", "key", "pass", "authorization", "credential", "signature"),
+        triggers=("token", "secret", "key", "pass", "credential", "signature"),
         min_length=20,
     ),
 )

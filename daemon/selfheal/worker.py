@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -69,7 +70,8 @@ class Claimer:
         while batch N+1 is claimed and diagnosed: Postgres and Python work side by side."""
         total = 0
         limit = self._settings.batch_size
-        in_flight: list[uuid.UUID] = []
+        # The batches not yet written: at most the one being written and the next one.
+        in_flight: deque[list[uuid.UUID]] = deque(maxlen=2)
         writing: _Background | None = None
         error: Exception | None = None
         try:
@@ -77,7 +79,7 @@ class Claimer:
                 try:
                     while not self._stopping:
                         claimed = await self._store.claim(limit, self._settings.lease_seconds)
-                        in_flight.extend(c.event_id for c in claimed)
+                        in_flight.append([c.event_id for c in claimed])
                         batch = self._diagnose(claimed)
                         if writing is not None:
                             total += len(await writing.result())
@@ -94,13 +96,13 @@ class Claimer:
         except anyio.get_cancelled_exc_class():
             # Shutdown ran out of grace: hand the batches back now, not at lease expiry.
             with anyio.CancelScope(shield=True), anyio.move_on_after(2):
-                await self._store.release(in_flight)
+                await self._store.release([i for ids in in_flight for i in ids])
             raise
         if error is not None:
             if isinstance(error, DatabaseUnavailable):
                 # Best effort: else these wait for their lease to run out.
                 with contextlib.suppress(DatabaseUnavailable):
-                    await self._store.release(in_flight)
+                    await self._store.release([i for ids in in_flight for i in ids])
             raise error
         return total
 

@@ -111,7 +111,10 @@ def test_survives_a_postgres_restart(tmp_path: Path, daemons: list[DaemonProcess
         url = psycopg.conninfo.make_conninfo(conninfo)
         subprocess.run(
             [sys.executable, "-m", "selfheal", "migrate"],
-            env={**os.environ, "DATABASE_URL": url}, check=True, capture_output=True, timeout=60,
+            env={**os.environ, "DATABASE_URL": url},
+            check=True,
+            capture_output=True,
+            timeout=60,
         )
         daemon = DaemonProcess(url, SELFHEAL_RECONNECT_MAX_SECONDS="1")
         daemons.append(daemon)
@@ -150,7 +153,10 @@ def test_bad_configuration_fails_at_start_with_one_line(db_url: str) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "selfheal", "run"],
         env={**os.environ, "DATABASE_URL": db_url, "SELFHEAL_LEASE_SECONDS": "soon"},
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0

@@ -28,17 +28,46 @@ async def test_fresh_database_gets_every_contract_table_and_column(databases: Da
         result = await apply_migrations(url)
         assert result.applied[0] == "0001_base_tables.sql"
         with psycopg.connect(url) as conn:
-            assert {"oauth_config", "recovery_fail_count", "last_recovery_at",
-                    "auto_recovery_enabled"} <= _columns(conn, "integrations_master")
-            assert {"access_token", "refresh_token", "token_expires_at", "last_error_at",
-                    "consecutive_failures"} <= _columns(conn, "user_integrations")
-            assert {"status", "error_code", "error_message", "http_status", "retry_count",
-                    "endpoint", "http_method", "response_headers"} <= _columns(
-                conn, "integration_events")
-            assert {"id", "event_id", "service_name", "failure_reason", "failure_category",
-                    "action_taken", "analyzer_signals", "llm_reasoning", "status", "resolved_at",
-                    "created_at", "updated_at", "attempts", "next_retry_at",
-                    "lease_expires_at"} <= _columns(conn, "system_integrity_events")
+            assert {
+                "oauth_config",
+                "recovery_fail_count",
+                "last_recovery_at",
+                "auto_recovery_enabled",
+            } <= _columns(conn, "integrations_master")
+            assert {
+                "access_token",
+                "refresh_token",
+                "token_expires_at",
+                "last_error_at",
+                "consecutive_failures",
+            } <= _columns(conn, "user_integrations")
+            assert {
+                "status",
+                "error_code",
+                "error_message",
+                "http_status",
+                "retry_count",
+                "endpoint",
+                "http_method",
+                "response_headers",
+            } <= _columns(conn, "integration_events")
+            assert {
+                "id",
+                "event_id",
+                "service_name",
+                "failure_reason",
+                "failure_category",
+                "action_taken",
+                "analyzer_signals",
+                "llm_reasoning",
+                "status",
+                "resolved_at",
+                "created_at",
+                "updated_at",
+                "attempts",
+                "next_retry_at",
+                "lease_expires_at",
+            } <= _columns(conn, "system_integrity_events")
 
 
 async def test_second_run_is_a_no_op(db_url: str) -> None:
@@ -100,7 +129,11 @@ def test_migrate_command_twice(databases: Databases) -> None:
         for _ in range(2):
             done = subprocess.run(
                 [sys.executable, "-m", "selfheal", "migrate"],
-                env=env, capture_output=True, text=True, timeout=60, check=False,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
             )
             assert done.returncode == 0, done.stderr
         assert '"applied":[]' in done.stderr

@@ -1,4 +1,4 @@
-"""The trigger: failures reach the inbox in the writer's transaction; NOTIFY is one hint per statement."""
+"""The trigger: failures reach the inbox in the writer's transaction; one NOTIFY per statement."""
 
 from __future__ import annotations
 
@@ -41,7 +41,9 @@ def test_success_rows_and_self_heal_attempts_do_not_fire(
     db_url: str, listener: psycopg.Connection[tuple[object, ...]]
 ) -> None:
     with psycopg.connect(db_url, autocommit=True) as conn:
-        conn.execute("INSERT INTO integration_events (service_name, status) VALUES ('s', 'success')")
+        conn.execute(
+            "INSERT INTO integration_events (service_name, status) VALUES ('s', 'success')"
+        )
         insert_failure(conn, selfheal_attempt=2)
         assert _inbox(conn) == 0
     assert _drain_notifies(listener) == []
@@ -51,7 +53,9 @@ def test_update_into_error_fires_once(
     db_url: str, listener: psycopg.Connection[tuple[object, ...]]
 ) -> None:
     with psycopg.connect(db_url, autocommit=True) as conn:
-        conn.execute("INSERT INTO integration_events (service_name, status) VALUES ('s', 'pending')")
+        conn.execute(
+            "INSERT INTO integration_events (service_name, status) VALUES ('s', 'pending')"
+        )
         conn.execute("UPDATE integration_events SET status = 'error', http_status = 503")
         conn.execute("UPDATE integration_events SET error_message = 'still failing'")
         assert _inbox(conn) == 1

@@ -16,7 +16,12 @@ from typing import IO, Any
 
 class DaemonProcess:
     def __init__(self, db_url: str | None, **env: str) -> None:
-        full_env = {**os.environ, "SELFHEAL_LOG_FORMAT": "json", "SELFHEAL_LOG_LEVEL": "info", **env}
+        full_env = {
+            **os.environ,
+            "SELFHEAL_LOG_FORMAT": "json",
+            "SELFHEAL_LOG_LEVEL": "info",
+            **env,
+        }
         full_env.pop("SELFHEAL_TEST_DATABASE_URL", None)
         full_env.pop("DATABASE_URL", None)
         if db_url is not None:

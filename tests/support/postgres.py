@@ -27,7 +27,6 @@ class PostgresServer:
         return make_conninfo(self.admin_conninfo, dbname=name)
 
 
-
 def _answers(conninfo: str) -> bool:
     try:
         with psycopg.connect(conninfo, connect_timeout=2) as conn:

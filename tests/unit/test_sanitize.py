@@ -132,6 +132,14 @@ SECRET_CASES = [
     ("secret is 'Zx81Qq09LmNoPqRs' here", "Zx81Qq09LmNoPqRs", " here"),
     ("X-Hub-Signature-256: sha256=abcdef0123", "abcdef0123", "X-Hub-Signature-256: "),
     ("token: Bearer abc123def", "abc123def", "token: "),
+    # Found by hypothesis: a scheme rule once ate the key name and left its value behind.
+    ("BEARER refreshToken: 000000000000", "000000000000", "BEARER "),
+    ("Authorization: mysecret more", "mysecret", "Authorization: "),
+    (
+        "Authorization: AWS4-HMAC-SHA256 Credential=AKIA/x, Signature=abc",
+        "Signature=abc",
+        "Authorization: AWS4-HMAC-SHA256 ",
+    ),
 ]
 
 
@@ -511,6 +519,20 @@ FRAGMENTS = st.sampled_from(
     ]
 )  # fmt: skip
 MIXED_TEXT = st.lists(st.one_of(FRAGMENTS, st.text(max_size=12)), max_size=40).map("".join)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Bearer token=?key=İ",
+        "Authorization: abcDEF1234567890 token=",
+        "Authorization: Bearer abcdef " + "x" * 100,
+        '"password": "abc' + " def" * 40,
+    ],
+)
+def test_scrub_text_is_idempotent_on_past_failures(text: str) -> None:
+    once = scrub_text(text, MIN_MAX_LENGTH)
+    assert scrub_text(once, MIN_MAX_LENGTH) == once
 
 
 @settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])

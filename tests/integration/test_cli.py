@@ -1,0 +1,139 @@
+"""The one-shot commands print the contract's JSON shapes."""
+
+from __future__ import annotations
+
+import io
+import json
+import uuid
+from typing import Any
+
+import psycopg
+import pytest
+
+from selfheal.cli import classify, main
+from tests.support.events import insert_failure
+
+Conn = psycopg.Connection[tuple[object, ...]]
+
+
+@pytest.fixture
+def env(db_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("DATABASE_URL", db_url)
+    monkeypatch.setenv("SELFHEAL_LOG_FORMAT", "json")
+    monkeypatch.delenv("ENVIRONMENT", raising=False)
+    return db_url
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, Any]:
+    code = main(list(argv))
+    out = capsys.readouterr().out.strip()
+    return code, json.loads(out) if out.startswith("{") else out
+
+
+def test_heal_prints_the_webhook_response(env: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with psycopg.connect(env, autocommit=True) as conn:
+        event_id = insert_failure(
+            conn, http_status=429, error_code="ratelimited", response_headers={"retry-after": "30"}
+        )
+    code, body = run(capsys, "heal", str(event_id))
+    assert code == 0
+    assert body["success"] is True
+    assert body["category"] == "rate_limit"
+    assert body["status"] == "pending"
+    assert body["action_taken"]
+    uuid.UUID(body["recovery_id"])
+    # Healing again reports the same record.
+    assert run(capsys, "heal", str(event_id))[1]["recovery_id"] == body["recovery_id"]
+
+
+def test_heal_of_an_unknown_event_fails_clearly(
+    env: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, body = run(capsys, "heal", str(uuid.uuid4()))
+    assert code == 1
+    assert body["success"] is False
+    assert "not found" in body["error"]
+
+
+def test_scan_processes_the_window_up_to_the_limit(
+    env: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with psycopg.connect(env, autocommit=True) as conn:
+        ids = [insert_failure(conn, service_name=f"svc{n}") for n in range(5)]
+        old = insert_failure(conn)
+        conn.execute(
+            "UPDATE integration_events SET created_at = now() - interval '2 hours' WHERE id = %s",
+            (old,),
+        )
+    code, body = run(capsys, "scan", "--window-minutes", "15", "--limit", "3")
+    assert code == 0
+    assert body["success"] is True
+    assert body["processed_count"] == 3
+    assert body["pending_count"] == 3
+    assert body["resolved_count"] == body["disabled_count"] == 0
+    assert {e["event_id"] for e in body["events"]} <= {str(i) for i in ids}
+    assert set(body["events"][0]) == {
+        "event_id",
+        "service_name",
+        "category",
+        "action_taken",
+        "status",
+    }
+    assert run(capsys, "scan")[1]["processed_count"] == 2  # the old one is outside the window
+
+
+def test_classify_reads_json_lines_and_survives_bad_ones() -> None:
+    stdin = io.StringIO(
+        '{"service_name": "github", "http_status": 403, "error_message": '
+        '"You have exceeded a secondary rate limit", "response_headers": {"retry-after": "60"}}\n'
+        "not json\n"
+        "[1, 2]\n"
+        '{"http_status": "nonsense", "response_headers": "odd"}\n'
+    )
+    stdout = io.StringIO()
+    assert classify(stdin, stdout) == 0
+    lines = [json.loads(line) for line in stdout.getvalue().splitlines()]
+    assert lines[0]["category"] == "rate_limit"
+    assert "error" in lines[1] and "error" in lines[2]
+    assert lines[3]["category"] == "unknown"
+
+
+def test_inject_refuses_outside_development(env: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["inject", "--service", "slack", "--failure", "auth"]) == 2
+    assert "ENVIRONMENT=development" in capsys.readouterr().err
+
+
+def test_inject_status_and_enable(
+    env: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ENVIRONMENT", "development")
+    code, body = run(capsys, "inject", "--service", "slack", "--failure", "network")
+    assert code == 0
+    _, healed = run(capsys, "heal", body["event_id"])
+    assert healed["category"] == "network"
+    _, status = run(capsys, "status", "--json")
+    assert status["records"] == 1
+    assert status["by_category"] == {"network": {"pending": 1}}
+    code, text = run(capsys, "status")
+    assert code == 0 and "network" in text
+    with psycopg.connect(env, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO integrations_master (service_name, auto_recovery_enabled, "
+            "recovery_fail_count, disabled_reason) VALUES ('slack', false, 9, 'too many')"
+        )
+        assert run(capsys, "status", "--json")[1]["disabled_targets"][0]["reason"] == "too many"
+        code, enabled = run(capsys, "enable", "slack")
+        assert (code, enabled["enabled"]) == (0, 1)
+        row = conn.execute(
+            "SELECT auto_recovery_enabled, recovery_fail_count FROM integrations_master"
+        ).fetchone()
+        assert row == (True, 0)
+    assert run(capsys, "enable", "nope")[0] == 1
+
+
+def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for command in ("migrate", "run", "heal", "scan", "classify", "inject", "status", "enable"):
+        assert command in out

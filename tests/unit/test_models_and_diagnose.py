@@ -1,0 +1,120 @@
+"""Coercion of untrusted failure fields and the pure diagnosis record."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+import orjson
+from hypothesis import given
+from hypothesis import strategies as st
+
+from selfheal.diagnose import ClaimedFailure, diagnose, failure_reason
+from selfheal.models import Category, Failure
+from selfheal.wakeup import reconnect_delay
+
+NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+def claimed(**fields: object) -> ClaimedFailure:
+    base: dict[str, object] = {
+        "event_id": uuid.uuid4(),
+        "service_name": "slack",
+        "http_status": 401,
+        "error_code": "invalid_auth",
+        "error_message": "token expired",
+        "response_headers": {},
+        "payload": {"channel": "C1", "text": "hi"},
+        "user_id": None,
+        "endpoint": None,
+        "attempts": 1,
+    }
+    base.update(fields)
+    return ClaimedFailure(**base)  # type: ignore[arg-type]
+
+
+def test_odd_statuses_become_none() -> None:
+    for raw in (-1, 0, 99, 600, 10**20, True, "abc", 3.5, None, [401]):
+        assert Failure.coerce(http_status=raw).http_status is None
+    assert Failure.coerce(http_status="429").http_status == 429
+    assert Failure.coerce(http_status=503.0).http_status == 503
+
+
+def test_headers_are_lowercased_and_non_objects_dropped() -> None:
+    failure = Failure.coerce(response_headers={"Retry-After": 5, "X-A": ["1", "2"]})
+    assert failure.response_headers == {"retry-after": "5", "x-a": "1, 2"}
+    assert Failure.coerce(response_headers=["retry-after", "5"]).response_headers == {}
+    assert Failure.coerce(response_headers="retry-after: 5").response_headers == {}
+
+
+def test_text_loses_nul_and_lone_surrogates_and_is_bounded() -> None:
+    failure = Failure.coerce(error_message="a\x00b\ud800c" + "x" * 200_000)
+    assert failure.error_message is not None
+    assert "\x00" not in failure.error_message
+    failure.error_message.encode("utf-8")
+    assert len(failure.error_message) <= 64 * 1024
+
+
+@given(status=json_values, code=json_values, message=json_values, headers=json_values)
+def test_coerce_and_diagnose_never_raise(
+    status: object, code: object, message: object, headers: object
+) -> None:
+    record = diagnose(
+        claimed(
+            http_status=status,
+            error_code=code,
+            error_message=message,
+            response_headers=headers,
+            payload=headers,
+        ),
+        NOW,
+    )
+    signals = orjson.loads(record.signals_json)
+    assert 0.0 <= signals["confidence"] <= 1.0
+    record.reason.encode("utf-8")
+
+
+def test_record_is_sanitized_and_plans_an_action() -> None:
+    record = diagnose(
+        claimed(error_message="Bearer xoxb-1234567890-abcdefghijklmnop rejected"), NOW
+    )
+    assert record.analysis.category is Category.AUTH
+    assert "xoxb-1234567890" not in record.reason
+    assert record.reason.startswith("HTTP 401 invalid_auth: ")
+    assert record.action
+    assert record.next_retry_at == NOW
+
+
+def test_data_failures_keep_the_payload_shape_not_its_values() -> None:
+    record = diagnose(
+        claimed(
+            http_status=422,
+            error_code="validation_error",
+            error_message="channel is required",
+            payload={"channel": None, "text": "secret plan", "api_key": "sk_live_abcdefgh12345678"},
+        ),
+        NOW,
+    )
+    assert record.analysis.category is Category.DATA
+    assert record.next_retry_at is None  # never replayed automatically
+    assert "secret plan" not in record.signals_json
+    assert "sk_live_" not in record.signals_json
+    assert "payload_shape" in orjson.loads(record.signals_json)
+
+
+def test_failure_reason_without_status_or_message() -> None:
+    assert failure_reason(Failure.coerce(error_code="ECONNRESET")) == ("no HTTP status ECONNRESET")
+
+
+def test_reconnect_delay_grows_and_is_capped() -> None:
+    delays = [reconnect_delay(n, cap=5.0, rand=1.0) for n in range(12)]
+    assert delays == sorted(delays)
+    assert delays[0] == 0.1
+    assert max(delays) == 5.0
+    assert reconnect_delay(3, cap=5.0, rand=0.0) == 0.4

@@ -31,8 +31,11 @@ class _Output:
         self.stream: TextIO = sys.stdout
 
     def msg(self, message: str) -> None:
-        self.stream.write(message + "\n")
-        self.stream.flush()
+        try:
+            self.stream.write(message + "\n")
+            self.stream.flush()
+        except ValueError:  # closed at interpreter exit: nowhere left to write
+            pass
 
     debug = info = warning = warn = error = critical = exception = fatal = msg
 
@@ -69,6 +72,7 @@ def configure_logging(settings: Settings, stream: TextIO | None = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [_ToStructlog()]
     root.setLevel(max(_LEVELS[settings.log_level], logging.INFO))
+    logging.getLogger("pgserver").setLevel(logging.WARNING)  # chatty at INFO
 
 
 class _ToStructlog(logging.Handler):

@@ -213,11 +213,13 @@ _AUTHORIZATION_HEADER = rf"""
 _COOKIE_HEADER = rf"(?P<keep>cookie{_SEPARATOR}(?P<quote>{_QUOTE})?){_LINE_VALUE}"
 
 # "Bearer abc", "token abc" in prose; the value is judged by _keep_scheme_if_secret.
-# Challenge parameters (WWW-Authenticate: Bearer realm="api", error="invalid_token") stay.
+# Challenge parameters (WWW-Authenticate: Bearer realm="api", error="invalid_token") stay, and
+# a scheme is never the value of another ("Basic Bearer x"), or the match would swallow it.
 _SCHEMES = _words("bearer(?<![a-z0-9]bearer)", "basic(?<![a-z0-9]basic)", "token(?<![a-z0-9]token)")
 _SCHEME_VALUE = rf"""
     (?P<keep>(?P<scheme>{_SCHEMES})[ \t]+)
-    (?P<value>(?!(?:realm|scope|charset|error(?:_description|_uri)?)=)[a-z0-9._~+/=-]+)
+    (?P<value>(?!(?:realm|scope|charset|error(?:_description|_uri)?)=|{_AUTH_SCHEME})
+        [a-z0-9._~+/=-]+)
 """
 
 # "API key 4f3a...", "secret is 'Zx81...'": a long random-looking word near a secret's name.

@@ -135,6 +135,7 @@ SECRET_CASES = [
     # Found by hypothesis: a scheme rule once ate the key name and left its value behind.
     ("BEARER refreshToken: 000000000000", "000000000000", "BEARER "),
     ("Authorization: mysecret more", "mysecret", "Authorization: "),
+    ("BASIC Bearer 000000000000", "000000000000", "BASIC Bearer "),
     (
         "Authorization: AWS4-HMAC-SHA256 Credential=AKIA/x, Signature=abc",
         "Signature=abc",

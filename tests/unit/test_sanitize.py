@@ -464,7 +464,7 @@ KNOWN_FORMAT_SECRETS = st.one_of(
     st.tuples(_chars(ALNUM, 10, 40), _chars(ALNUM + "_-", 10, 80)).map(
         lambda p: f"eyJ{p[0]}.eyJ{p[1]}.sig"
     ),
-    _chars(ALNUM + "+/\n", 40, 200).map(
+    _chars(ALNUM + "+/", 40, 200).map(
         lambda s: f"-----BEGIN RSA PRIVATE KEY-----\n{s}\n-----END RSA PRIVATE KEY-----"
     ),
 )

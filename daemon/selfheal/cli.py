@@ -15,7 +15,8 @@ from psycopg.types.json import Jsonb
 
 from selfheal import __version__
 from selfheal.analyzer import analyze
-from selfheal.daemon import run_daemon
+from selfheal.daemon import owner_name, run_daemon
+from selfheal.healer import open_healer
 from selfheal.logs import configure_logging, first_line, get_logger
 from selfheal.migrate import apply_migrations
 from selfheal.models import Failure, Status
@@ -113,6 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     except DatabaseUnavailable as exc:
         log.error("database.unavailable", error=first_line(exc))
         return EXIT_FAILED
+    except Exception:
+        # A task died: one clear line (with the traceback as data); systemd restarts us.
+        log.exception("daemon.crashed" if args.command == "run" else "command.failed")
+        return EXIT_FAILED
 
 
 def _backend() -> dict[str, Any]:
@@ -159,12 +164,18 @@ async def cmd_migrate(settings: Settings, conninfo: str, args: argparse.Namespac
 
 async def cmd_heal(settings: Settings, conninfo: str, args: argparse.Namespace) -> int:
     event_id: uuid.UUID = args.event_id
-    async with Store.open(conninfo, max_size=1) as store:
+    async with (
+        Store.open(conninfo, max_size=2) as store,
+        open_healer(store, settings, Wakeup(), owner_name()) as healer,
+    ):
         if not await store.event_exists(event_id):
             _print_json({"success": False, "error": f"event {event_id} not found"})
             return EXIT_FAILED
         await Claimer(store, settings, Wakeup()).process_events([event_id])
         row = await store.record_for_event(event_id)
+        if row is not None:
+            await healer.heal_now([row[0]])
+            row = await store.record_for_event(event_id)
     if row is None:
         _print_json({"success": False, "error": f"event {event_id} is not a failure"})
         return EXIT_FAILED
@@ -184,12 +195,18 @@ async def cmd_heal(settings: Settings, conninfo: str, args: argparse.Namespace) 
 
 
 async def cmd_scan(settings: Settings, conninfo: str, args: argparse.Namespace) -> int:
-    async with Store.open(conninfo, max_size=1) as store:
+    async with (
+        Store.open(conninfo, max_size=4) as store,
+        open_healer(store, settings, Wakeup(), owner_name()) as healer,
+    ):
         event_ids = await store.unrecorded_failures(args.window_minutes, max(0, args.limit))
         recorded: list[Recorded] = []
         if event_ids:
             recorded = await Claimer(store, settings, Wakeup()).process_events(event_ids)
-    statuses = [Status.PENDING.value for _ in recorded]
+        outcomes = await healer.heal_now([r.recovery_id for r in recorded])
+    status_of = {o.job.record_id: o.status.value for o in outcomes}
+    action_of = {o.job.record_id: o.action for o in outcomes}
+    statuses = [status_of.get(r.recovery_id, Status.PENDING.value) for r in recorded]
     _print_json(
         {
             "success": True,
@@ -202,7 +219,7 @@ async def cmd_scan(settings: Settings, conninfo: str, args: argparse.Namespace) 
                     "event_id": str(r.diagnosis.event_id),
                     "service_name": r.diagnosis.service_name,
                     "category": r.diagnosis.analysis.category.value,
-                    "action_taken": r.diagnosis.action,
+                    "action_taken": action_of.get(r.recovery_id, r.diagnosis.action),
                     "status": status,
                 }
                 for r, status in zip(recorded, statuses, strict=True)

@@ -1,15 +1,17 @@
-"""`selfheal run`: one anyio task group owning the listener, claimer and scanner."""
+"""`selfheal run`: one anyio task group owning the listener, claimer, healer and scanner."""
 
 from __future__ import annotations
 
 import os
 import signal
 import socket
+from typing import Protocol
 
 import anyio
 from anyio import CancelScope
 from anyio.abc import TaskStatus
 
+from selfheal.healer import open_healer
 from selfheal.listener import Listener
 from selfheal.logs import get_logger
 from selfheal.settings import Settings
@@ -17,16 +19,29 @@ from selfheal.store import Store
 from selfheal.wakeup import Wakeup
 from selfheal.worker import Claimer, Scanner
 
-__all__ = ["run_daemon"]
+__all__ = ["owner_name", "run_daemon"]
 
 log = get_logger()
 
 
+class Stoppable(Protocol):
+    def stop(self) -> None: ...
+
+
+def owner_name() -> str:
+    """Who holds a lease: readable in the tables, unique per process."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
 async def run_daemon(settings: Settings, conninfo: str, listen_conninfo: str) -> None:
-    owner = f"{socket.gethostname()}:{os.getpid()}"
-    claim_wakeup, scan_wakeup = Wakeup(), Wakeup()
-    async with Store.open(conninfo) as store:
-        claimer = Claimer(store, settings, claim_wakeup)
+    owner = owner_name()
+    claim_wakeup, scan_wakeup, heal_wakeup = Wakeup(), Wakeup(), Wakeup()
+    async with (
+        Store.open(conninfo, max_size=settings.db_pool_size) as store,
+        open_healer(store, settings, heal_wakeup, owner) as healer,
+    ):
+        # New records are due at once: the healer hears of them as they are written.
+        claimer = Claimer(store, settings, claim_wakeup, on_recorded=lambda _: heal_wakeup.set())
         scanner = Scanner(store, settings, scan_wakeup, claim_wakeup)
 
         def catch_up() -> None:
@@ -51,9 +66,10 @@ async def run_daemon(settings: Settings, conninfo: str, listen_conninfo: str) ->
                     settings,
                     tg.cancel_scope,
                     workers.cancel_scope,
-                    (claimer, scanner),
+                    (claimer, healer, scanner),
                 )
                 workers.start_soon(claimer.run)
+                workers.start_soon(healer.run)
                 workers.start_soon(scanner.run)
                 log.info(
                     "daemon.started",
@@ -70,7 +86,7 @@ async def _stop_on_signal(
     settings: Settings,
     daemon_scope: CancelScope,
     workers_scope: CancelScope,
-    workers: tuple[Claimer, Scanner],
+    workers: tuple[Stoppable, ...],
     *,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:

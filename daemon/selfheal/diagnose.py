@@ -72,8 +72,6 @@ def diagnose(claimed: ClaimedFailure, now: datetime) -> Diagnosis:
         signals["error_code"] = scrub_text(failure.error_code, max_length=200)
     if analysis.category is Category.DATA and claimed.payload is not None:
         signals["payload_shape"] = shape(claimed.payload)
-    # Recovery comes due at once; the recovery worker (when enabled) takes it from there.
-    next_retry_at = None if analysis.category is Category.DATA else now
     return Diagnosis(
         event_id=claimed.event_id,
         service_name=failure.service_name or "unknown",
@@ -82,7 +80,8 @@ def diagnose(claimed: ClaimedFailure, now: datetime) -> Diagnosis:
         reason=failure_reason(failure),
         action=planned_action(analysis.category),
         signals_json=orjson.dumps(scrub(signals)).decode(),
-        next_retry_at=next_retry_at,
+        # Due at once: the healer decides (thresholds first, so data failures too).
+        next_retry_at=now,
     )
 
 

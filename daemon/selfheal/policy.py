@@ -258,6 +258,11 @@ class Thresholds:
         if self.network_window <= timedelta(0):
             raise ValueError("network_window must be positive")
 
+    @property
+    def count_cap(self) -> int:
+        """Counting past the largest threshold decides nothing more."""
+        return max(self.network_failures, self.data_consecutive, self.unknown_consecutive)
+
 
 def crosses_threshold(
     category: Category, consecutive: int, recent_in_window: int, thresholds: Thresholds

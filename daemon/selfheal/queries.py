@@ -180,7 +180,7 @@ ORDER BY 1, 2
 
 ENABLE_SERVICE: LiteralString = """
 UPDATE integrations_master
-SET auto_recovery_enabled = true, recovery_fail_count = 0,
+SET auto_recovery_enabled = true, recovery_fail_count = 0, counters_reset_at = now(),
     disabled_reason = NULL, disabled_at = NULL
 WHERE service_name = %(service_name)s
 RETURNING id
@@ -205,4 +205,158 @@ VALUES (
     %(error_message)s, %(http_status)s, %(endpoint)s, 'POST', %(response_headers)s
 )
 RETURNING id
+"""
+
+# --- recovery ---------------------------------------------------------------------------
+
+# Lease due records (not in their service's rate-limit window) with everything recovery
+# needs. `threshold_count` counts the service's failures of the same category up to this
+# one, since the counters were last reset (within the window for network), capped.
+CLAIM_DUE: LiteralString = """
+WITH due AS (
+    SELECT s.id
+    FROM system_integrity_events s
+    LEFT JOIN integrations_master m ON m.service_name = s.service_name
+    WHERE s.status = 'pending' AND s.next_retry_at <= now()
+      AND (s.lease_expires_at IS NULL OR s.lease_expires_at < now())
+      AND (m.rate_limited_until IS NULL OR m.rate_limited_until <= now())
+      AND (%(record_ids)s::uuid[] IS NULL OR s.id = ANY (%(record_ids)s::uuid[]))
+    ORDER BY s.next_retry_at
+    LIMIT %(limit)s
+    FOR UPDATE OF s SKIP LOCKED
+), claimed AS (
+    UPDATE system_integrity_events s
+    SET lease_owner = %(owner)s,
+        lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
+    FROM due WHERE s.id = due.id
+    RETURNING s.id, s.event_id, s.service_name, s.failure_category, s.attempts, s.deferrals,
+              s.created_at
+)
+SELECT c.id, c.event_id, c.service_name, c.failure_category, c.attempts, c.deferrals,
+       e.endpoint, e.http_method, e.payload, e.response_headers, e.created_at,
+       m.id, COALESCE(m.auto_recovery_enabled, true), m.oauth_config,
+       u.id, COALESCE(u.auto_recovery_enabled, true), u.access_token, u.refresh_token,
+       COALESCE(u.consecutive_failures, 0),
+       (SELECT count(*) FROM (
+            SELECT 1 FROM system_integrity_events x
+            WHERE x.service_name = c.service_name
+              AND x.failure_category = c.failure_category
+              AND x.created_at <= c.created_at
+              AND x.created_at >= COALESCE(m.counters_reset_at, '-infinity')
+              AND (c.failure_category <> 'network'
+                   OR x.created_at > c.created_at - make_interval(secs => %(window_seconds)s))
+            LIMIT %(count_cap)s) AS counted)
+FROM claimed c
+JOIN integration_events e ON e.id = c.event_id
+LEFT JOIN integrations_master m ON m.service_name = c.service_name
+LEFT JOIN user_integrations u ON u.user_id = e.user_id AND u.integration_id = m.id
+"""
+
+# A service seen failing for the first time gets its row, so its counters and its
+# disabled state have somewhere to live.
+REGISTER_SERVICES: LiteralString = """
+INSERT INTO integrations_master (service_name)
+SELECT DISTINCT name FROM unnest(%(names)s::text[]) AS name
+ON CONFLICT DO NOTHING
+RETURNING id, service_name
+"""
+
+# When the next record comes due (rate-limit windows included), in seconds from now.
+SECONDS_UNTIL_DUE: LiteralString = """
+SELECT GREATEST(0, EXTRACT(EPOCH FROM min(
+           GREATEST(s.next_retry_at, COALESCE(m.rate_limited_until, '-infinity'),
+                    COALESCE(s.lease_expires_at, '-infinity'))
+       ) - now()))::float8
+FROM system_integrity_events s
+LEFT JOIN integrations_master m ON m.service_name = s.service_name
+WHERE s.status = 'pending' AND s.next_retry_at IS NOT NULL
+"""
+
+# Outcomes of a batch of recoveries, with their effects on events, services and user
+# connections, in one statement.
+RECORD_OUTCOMES: LiteralString = """
+WITH o AS (
+    SELECT * FROM unnest(
+        %(record_ids)s::uuid[], %(event_ids)s::uuid[], %(statuses)s::text[],
+        %(actions)s::text[], %(attempts)s::int[], %(deferrals)s::int[],
+        %(next_retry_at)s::timestamptz[], %(reasons)s::text[]
+    ) AS o(record_id, event_id, status, action, attempts, deferrals, next_retry_at, reason)
+), records AS (
+    UPDATE system_integrity_events s
+    SET status = o.status, action_taken = o.action, attempts = s.attempts + o.attempts,
+        deferrals = o.deferrals, next_retry_at = o.next_retry_at,
+        failure_reason = COALESCE(o.reason, s.failure_reason),
+        resolved_at = CASE WHEN o.status = 'resolved' THEN now() END,
+        updated_at = now(), lease_owner = NULL, lease_expires_at = NULL
+    FROM o
+    WHERE s.id = o.record_id AND s.lease_owner = %(owner)s
+    RETURNING s.id
+), events AS (
+    UPDATE integration_events e
+    SET retry_count = e.retry_count + o.attempts,
+        status = CASE WHEN o.status = 'resolved' THEN 'success' ELSE e.status END
+    FROM o
+    WHERE e.id = o.event_id AND o.attempts > 0
+), services AS (
+    UPDATE integrations_master m
+    SET last_recovery_at = now(),
+        recovery_fail_count = CASE WHEN v.reset THEN v.failed
+                                   ELSE m.recovery_fail_count + v.failed END,
+        counters_reset_at = CASE WHEN v.reset THEN now() ELSE m.counters_reset_at END,
+        auto_recovery_enabled = m.auto_recovery_enabled AND v.disable_reason IS NULL,
+        disabled_reason = COALESCE(v.disable_reason, m.disabled_reason),
+        disabled_at = CASE WHEN v.disable_reason IS NOT NULL THEN now() ELSE m.disabled_at END,
+        rate_limited_until = GREATEST(m.rate_limited_until, v.rate_limited_until)
+    FROM unnest(
+        %(service_ids)s::uuid[], %(service_reset)s::bool[], %(service_failed)s::int[],
+        %(service_disable)s::text[], %(service_window)s::timestamptz[]
+    ) AS v(id, reset, failed, disable_reason, rate_limited_until)
+    WHERE m.id = v.id
+), connections AS (
+    UPDATE user_integrations u
+    SET consecutive_failures = CASE WHEN v.reset THEN v.failed
+                                    ELSE u.consecutive_failures + v.failed END,
+        last_error_at = CASE WHEN v.failed > 0 THEN now() ELSE u.last_error_at END,
+        auto_recovery_enabled = u.auto_recovery_enabled AND v.disable_reason IS NULL,
+        disabled_reason = COALESCE(v.disable_reason, u.disabled_reason),
+        disabled_at = CASE WHEN v.disable_reason IS NOT NULL THEN now() ELSE u.disabled_at END
+    FROM unnest(
+        %(connection_ids)s::uuid[], %(connection_reset)s::bool[], %(connection_failed)s::int[],
+        %(connection_disable)s::text[]
+    ) AS v(id, reset, failed, disable_reason)
+    WHERE u.id = v.id
+)
+SELECT count(*) FROM records
+"""
+
+# Token refresh, serialized per user connection across daemons (held for the refresh).
+LOCK_CONNECTION: LiteralString = (
+    "SELECT pg_advisory_lock(hashtextextended('selfheal.refresh:' || %(id)s::text, 0))"
+)
+UNLOCK_CONNECTION: LiteralString = (
+    "SELECT pg_advisory_unlock(hashtextextended('selfheal.refresh:' || %(id)s::text, 0))"
+)
+CONNECTION_TOKENS: LiteralString = """
+SELECT access_token, refresh_token, token_refreshed_at, reauth_token_digest
+FROM user_integrations WHERE id = %(id)s
+"""
+SAVE_TOKENS: LiteralString = """
+UPDATE user_integrations
+SET access_token = %(access_token)s,
+    refresh_token = COALESCE(%(refresh_token)s, refresh_token),
+    token_expires_at = CASE WHEN %(expires_in)s::float8 IS NULL THEN NULL
+                            ELSE now() + make_interval(secs => %(expires_in)s::float8) END,
+    token_refreshed_at = clock_timestamp(),
+    reauth_required_at = NULL, reauth_token_digest = NULL
+WHERE id = %(id)s
+RETURNING token_refreshed_at
+"""
+# On shutdown: records this daemon leased but did not finish are free again at once.
+RELEASE_RECORDS: LiteralString = """
+UPDATE system_integrity_events SET lease_owner = NULL, lease_expires_at = NULL
+WHERE lease_owner = %(owner)s AND status = 'pending'
+"""
+MARK_REAUTH_REQUIRED: LiteralString = """
+UPDATE user_integrations SET reauth_required_at = now(), reauth_token_digest = %(digest)s
+WHERE id = %(id)s
 """

@@ -48,6 +48,7 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
     reconnect_max_seconds: float = Field(default=30.0, gt=0)
     max_concurrency: int = Field(default=64, ge=1)
+    db_pool_size: int = Field(default=8, ge=2)
     service_concurrency: int = Field(default=8, ge=1)
     http_timeout_seconds: float = Field(default=10.0, gt=0)
     max_retry_wait_seconds: float = Field(default=3600.0, gt=0)

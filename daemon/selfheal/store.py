@@ -15,12 +15,21 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from selfheal import queries
 from selfheal.diagnose import ClaimedFailure, Diagnosis
+from selfheal.logs import first_line
+from selfheal.models import Category, Status
+from selfheal.outbound import TokenGrant
+from selfheal.policy import Thresholds
+from selfheal.recovery import Job, Outcome
 
 __all__ = ["DatabaseUnavailable", "Recorded", "Store"]
 
 
 class DatabaseUnavailable(Exception):
     """Postgres cannot be reached right now; try again later (temporary)."""
+
+
+class ServiceRegistrationFailed(Exception):
+    """integrations_master would not take a row with just a service_name (permanent)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,16 +86,16 @@ class Store:
         # diagnose one batch while the previous one is being written.
         self._claims = _Dedicated(conninfo)
         self._records = _Dedicated(conninfo)
+        self._refresh_locks: dict[uuid.UUID, anyio.Lock] = {}
 
     @classmethod
     @asynccontextmanager
-    async def open(cls, conninfo: str, max_size: int = 4) -> AsyncIterator[Store]:
+    async def open(cls, conninfo: str, max_size: int = 8) -> AsyncIterator[Store]:
         pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
             conninfo,
             min_size=1,
             max_size=max_size,
             kwargs={"autocommit": True},
-            configure=_configure,
             open=False,
             timeout=5.0,
             reconnect_timeout=0,  # never give up; the daemon logs and waits
@@ -137,6 +146,100 @@ class Store:
         )
         ids = {event_id: record_id for record_id, event_id in rows}
         return [Recorded(ids[d.event_id], d) for d in diagnoses if d.event_id in ids]
+
+    # --- recovery -----------------------------------------------------------------------
+
+    async def claim_due(
+        self,
+        limit: int,
+        owner: str,
+        lease_seconds: float,
+        thresholds: Thresholds,
+        record_ids: Sequence[uuid.UUID] | None = None,
+    ) -> list[Job]:
+        """Lease records due for recovery (only the named ones, if given)."""
+        async with self._connection() as conn:
+            cur = await conn.execute(
+                queries.CLAIM_DUE,
+                {
+                    "limit": limit,
+                    "owner": owner,
+                    "lease_seconds": lease_seconds,
+                    "record_ids": None if record_ids is None else list(record_ids),
+                    "window_seconds": thresholds.network_window.total_seconds(),
+                    "count_cap": thresholds.count_cap,
+                },
+            )
+            return [Job.from_row(row) for row in await cur.fetchall()]
+
+    async def register_services(self, names: Sequence[str]) -> dict[str, uuid.UUID]:
+        """Create integrations_master rows for unknown services; returns the new ids."""
+        try:
+            async with self._connection() as conn:
+                cur = await conn.execute(queries.REGISTER_SERVICES, {"names": list(names)})
+                return {name: service_id for service_id, name in await cur.fetchall()}
+        except psycopg.Error as exc:  # e.g. an existing table with more required columns
+            raise ServiceRegistrationFailed(first_line(exc)) from exc
+
+    async def seconds_until_due(self) -> float | None:
+        async with self._connection() as conn:
+            cur = await conn.execute(queries.SECONDS_UNTIL_DUE)
+            row = await cur.fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+    async def record_outcomes(self, outcomes: Sequence[Outcome], owner: str) -> int:
+        async with self._connection() as conn:
+            cur = await conn.execute(
+                queries.RECORD_OUTCOMES, {**_outcome_columns(outcomes), "owner": owner}
+            )
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    @asynccontextmanager
+    async def refresh_lock(self, connection_id: uuid.UUID) -> AsyncIterator[None]:
+        """Held while one user connection's token is refreshed: in this process (so that
+        waiters hold no database connection) and across daemons (an advisory lock)."""
+        local = self._refresh_locks.setdefault(connection_id, anyio.Lock())
+        async with local, self._connection() as conn:
+            await conn.execute(queries.LOCK_CONNECTION, {"id": connection_id})
+            try:
+                yield
+            finally:
+                await conn.execute(queries.UNLOCK_CONNECTION, {"id": connection_id})
+        if not local.statistics().tasks_waiting:
+            self._refresh_locks.pop(connection_id, None)
+
+    async def connection_tokens(self, connection_id: uuid.UUID) -> tuple[Any, ...] | None:
+        async with self._connection() as conn:
+            cur = await conn.execute(queries.CONNECTION_TOKENS, {"id": connection_id})
+            return await cur.fetchone()
+
+    async def save_tokens(self, connection_id: uuid.UUID, grant: TokenGrant) -> datetime:
+        """Store the new tokens in one statement, committed before they are used."""
+        async with self._connection() as conn:
+            cur = await conn.execute(
+                queries.SAVE_TOKENS,
+                {
+                    "id": connection_id,
+                    "access_token": grant.access_token,
+                    "refresh_token": grant.refresh_token,
+                    "expires_in": grant.expires_in,
+                },
+            )
+            row = await cur.fetchone()
+        assert row is not None  # noqa: S101 - the row was read under the same lock
+        refreshed_at: datetime = row[0]
+        return refreshed_at
+
+    async def mark_reauth_required(self, connection_id: uuid.UUID, digest: str) -> None:
+        async with self._connection() as conn:
+            await conn.execute(
+                queries.MARK_REAUTH_REQUIRED, {"id": connection_id, "digest": digest}
+            )
+
+    async def release_records(self, owner: str) -> None:
+        async with self._connection() as conn:
+            await conn.execute(queries.RELEASE_RECORDS, {"owner": owner})
 
     async def release(self, event_ids: Sequence[uuid.UUID]) -> None:
         async with self._connection() as conn:
@@ -245,4 +348,47 @@ def _columns(diagnoses: Sequence[Diagnosis]) -> dict[str, list[Any]]:
         "actions": [d.action for d in diagnoses],
         "signals": [d.signals_json for d in diagnoses],
         "next_retry_at": [d.next_retry_at for d in diagnoses],
+    }
+
+
+def _outcome_columns(outcomes: Sequence[Outcome]) -> dict[str, list[Any]]:
+    """The batch as arrays, with per-service and per-connection effects folded in order."""
+    services: dict[uuid.UUID, list[Any]] = {}  # id -> [reset, failed, disable, window]
+    connections: dict[uuid.UUID, list[Any]] = {}  # id -> [reset, failed, disable]
+    for o in outcomes:
+        job = o.job
+        if job.service_id is not None:
+            effect = services.setdefault(job.service_id, [False, 0, None, None])
+            if o.resolved:
+                effect[0:2] = [True, 0]
+            elif job.category is not Category.AUTH and o.status is not Status.DISABLED:
+                effect[1] += 1
+            effect[2] = o.disable_service or effect[2]
+            if o.rate_limited_until is not None:
+                effect[3] = max(filter(None, (effect[3], o.rate_limited_until)))
+        if job.connection_id is not None and (o.resolved or o.connection_failed):
+            effect = connections.setdefault(job.connection_id, [False, 0, None])
+            if o.resolved:
+                effect[0:2] = [True, 0]
+            else:
+                effect[1] += 1
+            effect[2] = o.disable_connection or effect[2]
+    return {
+        "record_ids": [o.job.record_id for o in outcomes],
+        "event_ids": [o.job.event_id for o in outcomes],
+        "statuses": [o.status.value for o in outcomes],
+        "actions": [o.action for o in outcomes],
+        "attempts": [o.attempts for o in outcomes],
+        "deferrals": [o.deferrals if o.next_retry_at else o.job.deferrals for o in outcomes],
+        "next_retry_at": [o.next_retry_at for o in outcomes],
+        "reasons": [o.reason for o in outcomes],
+        "service_ids": list(services),
+        "service_reset": [e[0] for e in services.values()],
+        "service_failed": [e[1] for e in services.values()],
+        "service_disable": [e[2] for e in services.values()],
+        "service_window": [e[3] for e in services.values()],
+        "connection_ids": list(connections),
+        "connection_reset": [e[0] for e in connections.values()],
+        "connection_failed": [e[1] for e in connections.values()],
+        "connection_disable": [e[2] for e in connections.values()],
     }

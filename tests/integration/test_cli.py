@@ -111,15 +111,18 @@ def test_inject_status_and_enable(
     assert code == 0
     _, healed = run(capsys, "heal", body["event_id"])
     assert healed["category"] == "network"
+    assert healed["status"] == "pending"
+    assert healed["action_taken"] == "cannot replay: the event has no endpoint"
     _, status = run(capsys, "status", "--json")
     assert status["records"] == 1
     assert status["by_category"] == {"network": {"pending": 1}}
     code, text = run(capsys, "status")
     assert code == 0 and "network" in text
     with psycopg.connect(env, autocommit=True) as conn:
+        # The healer registered the service on its first failure; an operator's view of it:
         conn.execute(
-            "INSERT INTO integrations_master (service_name, auto_recovery_enabled, "
-            "recovery_fail_count, disabled_reason) VALUES ('slack', false, 9, 'too many')"
+            "UPDATE integrations_master SET auto_recovery_enabled = false, "
+            "recovery_fail_count = 9, disabled_reason = 'too many' WHERE service_name = 'slack'"
         )
         assert run(capsys, "status", "--json")[1]["disabled_targets"][0]["reason"] == "too many"
         code, enabled = run(capsys, "enable", "slack")

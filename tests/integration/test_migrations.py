@@ -10,10 +10,17 @@ import anyio
 import psycopg
 import pytest
 
-from selfheal.migrate import apply_migrations
+from selfheal.migrate import apply_migrations, sql_root
 from tests.support.postgres import Databases
 
 pytestmark = pytest.mark.anyio
+
+SQL_FILES = sum(
+    1
+    for folder in ("migrations", "triggers")
+    for f in (sql_root() / folder).iterdir()
+    if f.name.endswith(".sql")
+)
 
 
 def _columns(conn: psycopg.Connection[tuple[object, ...]], table: str) -> set[str]:
@@ -85,10 +92,10 @@ async def test_concurrent_runs_apply_each_migration_once(databases: Databases) -
             for _ in range(4):
                 tg.start_soon(migrate)
         applied = [name for r in results for name in r.applied]
-        assert len(applied) == len(set(applied)) == 5
+        assert len(applied) == len(set(applied)) == SQL_FILES
         with psycopg.connect(url) as conn:
             row = conn.execute("SELECT count(*) FROM selfheal_migrations").fetchone()
-            assert row == (5,)
+            assert row == (SQL_FILES,)
 
 
 async def test_existing_tables_keep_their_columns_and_rows(databases: Databases) -> None:

@@ -102,7 +102,6 @@ def test_data_failures_keep_the_payload_shape_not_its_values() -> None:
         NOW,
     )
     assert record.analysis.category is Category.DATA
-    assert record.next_retry_at is None  # never replayed automatically
     assert "secret plan" not in record.signals_json
     assert "sk_live_" not in record.signals_json
     assert "payload_shape" in orjson.loads(record.signals_json)

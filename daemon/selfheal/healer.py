@@ -17,7 +17,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from selfheal.logs import first_line, get_logger
 from selfheal.models import Status
 from selfheal.policy import Thresholds
-from selfheal.recovery import Job, Outcome, Recoverer
+from selfheal.recovery import Job, Outcome, Recoverer, RequestLimits
 from selfheal.settings import Settings
 from selfheal.store import DatabaseUnavailable, ServiceRegistrationFailed, Store
 from selfheal.wakeup import Wakeup, reconnect_delay
@@ -35,15 +35,21 @@ async def open_healer(
     store: Store, settings: Settings, wakeup: Wakeup, owner: str
 ) -> AsyncIterator[Healer]:
     """A healer with its HTTP client (one connection pool for every replay and refresh)."""
-    limits = httpx.Limits(
+    pool = httpx.Limits(
         max_connections=settings.max_concurrency,
         max_keepalive_connections=settings.max_concurrency,
     )
     async with httpx.AsyncClient(
-        timeout=settings.http_timeout_seconds, limits=limits, follow_redirects=False
+        timeout=settings.http_timeout_seconds, limits=pool, follow_redirects=False
     ) as client:
         clock = utcnow
-        recoverer = Recoverer(client, store, clock, max_wait=settings.max_retry_wait_seconds)
+        recoverer = Recoverer(
+            client,
+            store,
+            clock,
+            limits=RequestLimits(settings.max_concurrency, settings.service_concurrency),
+            max_wait=settings.max_retry_wait_seconds,
+        )
         yield Healer(store, settings, recoverer, wakeup, owner, clock)
 
 
@@ -69,11 +75,10 @@ class Healer:
         self._owner = owner
         self._clock = clock
         self._thresholds = thresholds or Thresholds()
-        self._capacity = settings.max_concurrency
+        self._capacity = settings.max_recoveries
         self._active = 0
         self._idle = anyio.Event()
         self._idle.set()
-        self._services: dict[str, anyio.CapacityLimiter] = {}
         self._stopping = False
         self._registration_warned = False
 
@@ -136,11 +141,9 @@ class Healer:
             )
         )
         outcomes: list[Outcome] = []
-        limiter = anyio.CapacityLimiter(self._capacity)
 
         async def heal(job: Job) -> None:
-            async with limiter, self._service_limiter(job.service_name):
-                outcomes.append(await self._recover(job))
+            outcomes.append(await self._recover(job))
 
         async with anyio.create_task_group() as tg:
             for job in jobs:
@@ -170,9 +173,7 @@ class Healer:
 
     async def _heal(self, job: Job, send: MemoryObjectSendStream[Outcome]) -> None:
         try:
-            async with self._service_limiter(job.service_name):
-                outcome = await self._recover(job)
-            send.send_nowait(outcome)
+            send.send_nowait(await self._recover(job))
         finally:
             self._active -= 1
             if self._active == 0:
@@ -204,17 +205,6 @@ class Healer:
         )
         return outcome
 
-    def _service_limiter(self, service_name: str) -> anyio.CapacityLimiter:
-        limiter = self._services.get(service_name)
-        if limiter is None:
-            if len(self._services) > 10_000:  # forget idle services now and then
-                self._services = {
-                    name: lim for name, lim in self._services.items() if lim.borrowed_tokens
-                }
-            limiter = anyio.CapacityLimiter(self._settings.service_concurrency)
-            self._services[service_name] = limiter
-        return limiter
-
     async def _write_outcomes(self, receive: MemoryObjectReceiveStream[Outcome]) -> None:
         """One statement per batch of outcomes: under load they queue up and go together."""
         async with receive:
@@ -232,6 +222,7 @@ class Healer:
         while True:
             try:
                 await self._store.record_outcomes(batch, self._owner)
+                self._wakeup.set()  # a new next_retry_at may be the earliest now
                 return
             except DatabaseUnavailable as exc:
                 delay = reconnect_delay(failures, self._settings.reconnect_max_seconds)

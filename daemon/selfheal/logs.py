@@ -9,6 +9,7 @@ from typing import Any, TextIO
 import orjson
 import structlog
 
+from selfheal.sanitize import scrub_text
 from selfheal.settings import Settings
 
 __all__ = ["configure_logging", "first_line", "get_logger"]
@@ -72,7 +73,9 @@ def configure_logging(settings: Settings, stream: TextIO | None = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [_ToStructlog()]
     root.setLevel(max(_LEVELS[settings.log_level], logging.INFO))
-    logging.getLogger("pgserver").setLevel(logging.WARNING)  # chatty at INFO
+    # Chatty at INFO; httpx would log every request URL, and URLs can carry secrets.
+    for chatty in ("pgserver", "httpx", "httpcore"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
 
 
 class _ToStructlog(logging.Handler):
@@ -80,7 +83,7 @@ class _ToStructlog(logging.Handler):
         level = record.levelname.lower()
         log = structlog.get_logger()
         method = getattr(log, level if level in _LEVELS else "info")
-        method(f"{record.name}.log", message=record.getMessage())
+        method(f"{record.name}.log", message=scrub_text(record.getMessage(), max_length=2000))
 
 
 def get_logger(**initial: Any) -> Any:

@@ -273,7 +273,7 @@ WHERE s.status = 'pending' AND s.next_retry_at IS NOT NULL
 """
 
 # Outcomes of a batch of recoveries, with their effects on events, services and user
-# connections, in one statement.
+# connections, in one statement; one NOTIFY per batch names the count.
 RECORD_OUTCOMES: LiteralString = """
 WITH o AS (
     SELECT * FROM unnest(
@@ -325,8 +325,10 @@ WITH o AS (
         %(connection_disable)s::text[]
     ) AS v(id, reset, failed, disable_reason)
     WHERE u.id = v.id
+), notified AS (
+    SELECT pg_notify('selfheal_outcomes', count(*)::text) FROM records
 )
-SELECT count(*) FROM records
+SELECT count(*) FROM records CROSS JOIN notified
 """
 
 # Token refresh, serialized per user connection across daemons (held for the refresh).

@@ -6,7 +6,8 @@ from __future__ import annotations
 import hashlib
 import random
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -36,7 +37,7 @@ from selfheal.policy import (
     schedule_retry,
 )
 
-__all__ = ["Job", "Outcome", "Recoverer", "TokenStore", "token_digest"]
+__all__ = ["Job", "Outcome", "Recoverer", "RequestLimits", "TokenStore", "token_digest"]
 
 log = get_logger()
 
@@ -122,6 +123,28 @@ Sleep = Callable[[float], Awaitable[None]]
 Clock = Callable[[], datetime]
 
 
+class RequestLimits:
+    """Outbound requests in flight: at most `total`, and `per_service` to any one service,
+    so that a failing service is never hammered. Waits (backoff) hold no slot."""
+
+    def __init__(self, total: int, per_service: int) -> None:
+        self._total = anyio.CapacityLimiter(total)
+        self._per_service = per_service
+        self._services: dict[str, anyio.CapacityLimiter] = {}
+
+    @asynccontextmanager
+    async def request(self, service_name: str) -> AsyncIterator[None]:
+        limiter = self._services.get(service_name)
+        if limiter is None:
+            if len(self._services) > 10_000:  # forget idle services now and then
+                self._services = {
+                    name: lim for name, lim in self._services.items() if lim.borrowed_tokens
+                }
+            limiter = self._services[service_name] = anyio.CapacityLimiter(self._per_service)
+        async with limiter, self._total:
+            yield
+
+
 class Recoverer:
     def __init__(
         self,
@@ -132,6 +155,7 @@ class Recoverer:
         rand: Callable[[], float] = random.random,
         thresholds: Thresholds | None = None,
         max_wait: float = 3600.0,
+        limits: RequestLimits | None = None,
     ) -> None:
         self._client = client
         self._tokens = tokens
@@ -140,6 +164,7 @@ class Recoverer:
         self._rand = rand
         self._thresholds = thresholds or Thresholds()
         self._max_wait = max_wait
+        self._limits = limits or RequestLimits(64, 8)
 
     async def recover(self, job: Job) -> Outcome:
         if not job.service_enabled:
@@ -175,17 +200,16 @@ class Recoverer:
         return f"{job.threshold_count} consecutive {job.category.value} failures"
 
     async def _replay(self, job: Job, attempt: int, token: str | None) -> ReplayResult:
-        result = await replay(
-            self._client,
-            ReplayRequest(
-                event_id=job.event_id,
-                method=job.http_method or "POST",
-                endpoint=job.endpoint or "",
-                payload=job.payload,
-                attempt=job.attempts + attempt,
-                access_token=token,
-            ),
+        request = ReplayRequest(
+            event_id=job.event_id,
+            method=job.http_method or "POST",
+            endpoint=job.endpoint or "",
+            payload=job.payload,
+            attempt=job.attempts + attempt,
+            access_token=token,
         )
+        async with self._limits.request(job.service_name):
+            result = await replay(self._client, request)
         log.info(
             "recovery.replayed",
             event_id=str(job.event_id),
@@ -337,7 +361,10 @@ class Recoverer:
             if refreshed_at is not None and newer and access_token:
                 return access_token, refreshed_at
             try:
-                grant = await refresh_access_token(self._client, job.oauth_config, refresh_token)
+                async with self._limits.request(job.service_name):
+                    grant = await refresh_access_token(
+                        self._client, job.oauth_config, refresh_token
+                    )
             except RefreshFailed as exc:
                 if exc.reauthorize:
                     await self._tokens.mark_reauth_required(

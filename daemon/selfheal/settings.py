@@ -47,7 +47,8 @@ class Settings(BaseSettings):
     max_processing_attempts: int = Field(default=3, ge=1, le=100)
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
     reconnect_max_seconds: float = Field(default=30.0, gt=0)
-    max_concurrency: int = Field(default=64, ge=1)
+    max_concurrency: int = Field(default=64, ge=1)  # outbound requests in flight
+    max_recoveries: int = Field(default=1000, ge=1)  # recoveries in progress (most wait)
     db_pool_size: int = Field(default=8, ge=2)
     service_concurrency: int = Field(default=8, ge=1)
     http_timeout_seconds: float = Field(default=10.0, gt=0)

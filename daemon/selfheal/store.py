@@ -355,7 +355,8 @@ def _outcome_columns(outcomes: Sequence[Outcome]) -> dict[str, list[Any]]:
     """The batch as arrays, with per-service and per-connection effects folded in order."""
     services: dict[uuid.UUID, list[Any]] = {}  # id -> [reset, failed, disable, window]
     connections: dict[uuid.UUID, list[Any]] = {}  # id -> [reset, failed, disable]
-    for o in outcomes:
+    # In arrival order: the failure that crossed a threshold names the reason.
+    for o in sorted(outcomes, key=lambda o: o.job.failed_at):
         job = o.job
         if job.service_id is not None:
             effect = services.setdefault(job.service_id, [False, 0, None, None])
@@ -363,7 +364,7 @@ def _outcome_columns(outcomes: Sequence[Outcome]) -> dict[str, list[Any]]:
                 effect[0:2] = [True, 0]
             elif job.category is not Category.AUTH and o.status is not Status.DISABLED:
                 effect[1] += 1
-            effect[2] = o.disable_service or effect[2]
+            effect[2] = effect[2] or o.disable_service
             if o.rate_limited_until is not None:
                 effect[3] = max(filter(None, (effect[3], o.rate_limited_until)))
         if job.connection_id is not None and (o.resolved or o.connection_failed):
@@ -372,7 +373,7 @@ def _outcome_columns(outcomes: Sequence[Outcome]) -> dict[str, list[Any]]:
                 effect[0:2] = [True, 0]
             else:
                 effect[1] += 1
-            effect[2] = o.disable_connection or effect[2]
+            effect[2] = effect[2] or o.disable_connection
     return {
         "record_ids": [o.job.record_id for o in outcomes],
         "event_ids": [o.job.event_id for o in outcomes],

@@ -20,6 +20,7 @@ class DaemonProcess:
             **os.environ,
             "SELFHEAL_LOG_FORMAT": "json",
             "SELFHEAL_LOG_LEVEL": "info",
+            "NO_PROXY": "127.0.0.1,localhost",  # the stand-in servers are on loopback
             **env,
         }
         full_env.pop("SELFHEAL_TEST_DATABASE_URL", None)

@@ -90,6 +90,19 @@ def assert_exactly_one_record_per_failure(conn: psycopg.Connection[Any]) -> int:
     return int(total)
 
 
+def wait_until(
+    conn: psycopg.Connection[Any], query: str, params: Any, expected: Any, timeout: float = 30
+) -> Any:
+    """Poll a query (the condition itself, not a guessed sleep) until it returns `expected`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        row = conn.execute(query, params).fetchone()
+        got = row[0] if row else None
+        if got == expected or time.monotonic() > deadline:
+            return got
+        time.sleep(0.02)
+
+
 def wait_until_recorded(conn: psycopg.Connection[Any], expected: int, timeout: float = 60) -> int:
     """Poll the table (the condition itself, not a guessed sleep) until `expected` records."""
     deadline = time.monotonic() + timeout

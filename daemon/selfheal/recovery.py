@@ -199,7 +199,15 @@ class Recoverer:
             return f"{job.threshold_count} network failures in {minutes} minutes"
         return f"{job.threshold_count} consecutive {job.category.value} failures"
 
-    async def _replay(self, job: Job, attempt: int, token: str | None) -> ReplayResult:
+    def _schedule(self, job: Job) -> _Schedule:
+        # The backoff runs from the original failure (on a first visit): attempts go out
+        # at failure + 0.5 s, + 1.5 s, + 3.5 s, whatever recording and replaying took.
+        start = job.failed_at if job.first_visit else self._clock()
+        return _Schedule(start, self._clock, self._sleep)
+
+    async def _replay(
+        self, job: Job, attempt: int, token: str | None, backoff: float
+    ) -> ReplayResult:
         request = ReplayRequest(
             event_id=job.event_id,
             method=job.http_method or "POST",
@@ -216,6 +224,7 @@ class Recoverer:
             service_name=job.service_name,
             category=job.category.value,
             attempt=job.attempts + attempt,
+            backoff=round(backoff, 6),
             http_status=result.status,
             succeeded=result.succeeded,
         )
@@ -226,9 +235,10 @@ class Recoverer:
     async def _recover_by_backoff(self, job: Job) -> Outcome:
         result: ReplayResult | None = None
         delays = retry_delays(job.category, self._rand)
+        schedule = self._schedule(job)
         for attempt, delay in enumerate(delays, start=1):
-            await self._sleep(delay)
-            result = await self._replay(job, attempt, job.access_token)
+            await schedule.wait(delay)
+            result = await self._replay(job, attempt, job.access_token, delay)
             if result.succeeded:
                 return _resolved(job, attempt, "replayed after backoff")
         next_retry_at = schedule_retry(
@@ -266,18 +276,19 @@ class Recoverer:
             return self._rate_limit_window(job, wait, 0, None)
         attempts = 0
         result: ReplayResult | None = None
-        for delay in retry_delays(Category.RATE_LIMIT, self._rand, server_wait=wait):
-            await self._sleep(delay)
+        server_wait = 0.0  # a short wait demanded by a replay's own 429
+        schedule = self._schedule(job)
+        for backoff in retry_delays(Category.RATE_LIMIT, self._rand, server_wait=wait):
+            delay = backoff + server_wait
+            await schedule.wait(delay)
             attempts += 1
-            result = await self._replay(job, attempts, job.access_token)
+            result = await self._replay(job, attempts, job.access_token, delay)
             if result.succeeded:
                 return _resolved(job, attempts, "replayed after the rate-limit window")
-            if result.status == 429:
-                again = rate_limit_wait(result.headers, self._clock(), self._max_wait)
-                if again is not None and again >= SHORT_WAIT_LIMIT:
-                    return self._rate_limit_window(job, again, attempts, result)
-                if again is not None:
-                    await self._sleep(again)
+            again = rate_limit_wait(result.headers, self._clock(), self._max_wait)
+            if result.status == 429 and again is not None and again >= SHORT_WAIT_LIMIT:
+                return self._rate_limit_window(job, again, attempts, result)
+            server_wait = again if result.status == 429 and again is not None else 0.0
         next_retry_at = schedule_retry(
             Category.RATE_LIMIT,
             now=self._clock(),
@@ -320,14 +331,15 @@ class Recoverer:
         stale_before: datetime | None = job.failed_at
         result: ReplayResult | None = None
         attempts = 0
+        schedule = self._schedule(job)
         for delay in retry_delays(Category.AUTH, self._rand):
-            await self._sleep(delay)
+            await schedule.wait(delay)
             try:
                 token, refreshed_at = await self._fresh_token(job, stale_before)
             except RefreshFailed as exc:
                 return self._refresh_failed(job, exc, attempts, result)
             attempts += 1
-            result = await self._replay(job, attempts, token)
+            result = await self._replay(job, attempts, token, delay)
             if result.succeeded:
                 return _resolved(job, attempts, "refreshed the OAuth token and replayed")
             if result.status not in (401, 403):
@@ -438,6 +450,21 @@ class Recoverer:
             reason=_reason(job, result),
             connection_failed=job.connection_id is not None,
         )
+
+
+class _Schedule:
+    """Attempt times as offsets from a start: each wait sleeps until the next one is due
+    (at once if it is already past), so no attempt goes out before its time and the time
+    spent replaying is not added to the schedule."""
+
+    def __init__(self, start: datetime, clock: Clock, sleep: Sleep) -> None:
+        self._due = start
+        self._clock = clock
+        self._sleep = sleep
+
+    async def wait(self, delay: float) -> None:
+        self._due += timedelta(seconds=delay)
+        await self._sleep(max(0.0, (self._due - self._clock()).total_seconds()))
 
 
 def _resolved(job: Job, attempts: int, how: str) -> Outcome:

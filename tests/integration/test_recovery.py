@@ -54,7 +54,16 @@ class Harness:
     healer: Healer
     api: StubServer
     sleeps: list[float] = field(default_factory=list)
+    woke_at: list[datetime] = field(default_factory=list)
     logs: io.StringIO = field(default_factory=io.StringIO)
+
+    def waited_since_failure(self, event_id: uuid.UUID) -> float:
+        """Seconds from the original failure to the first replay, on the harness clock."""
+        row = self.conn.execute(
+            "SELECT created_at FROM integration_events WHERE id = %s", (event_id,)
+        ).fetchone()
+        assert row is not None
+        return (self.woke_at[0] - row[0]).total_seconds()
 
     def failure(self, path: str = "/api/chat.postMessage", **fields: Any) -> uuid.UUID:
         fields.setdefault("endpoint", self.api.url + path)
@@ -129,12 +138,15 @@ async def harness(db_url: str, api: StubServer) -> AsyncIterator[Harness]:
             httpx.AsyncClient(timeout=1.0, trust_env=False) as client,
         ):
             sleeps: list[float] = []
+            woke_at: list[datetime] = []
+
+            def clock() -> datetime:
+                # Real time, moved on by every wait the recoverer asked for.
+                return datetime.now(UTC) + timedelta(seconds=sum(sleeps))
 
             async def sleep(seconds: float) -> None:
                 sleeps.append(seconds)
-
-            def clock() -> datetime:
-                return datetime.now(UTC)
+                woke_at.append(clock())
 
             recoverer = Recoverer(
                 client,
@@ -145,7 +157,7 @@ async def harness(db_url: str, api: StubServer) -> AsyncIterator[Harness]:
                 limits=RequestLimits(total=64, per_service=SERVICE_CAP),
             )
             healer = Healer(store, settings, recoverer, Wakeup(), "test-daemon", clock)
-            yield Harness(conn, store, healer, api, sleeps, logs)
+            yield Harness(conn, store, healer, api, sleeps, woke_at, logs)
 
 
 # --- network --------------------------------------------------------------------------------
@@ -161,7 +173,10 @@ async def test_network_failure_heals_on_the_third_attempt(harness: Harness) -> N
     [outcome] = await harness.heal()
 
     assert outcome.status.value == "resolved"
-    assert harness.sleeps == [jitter(0.5, RAND), jitter(1.0, RAND), jitter(2.0, RAND)]
+    # The first delay counts from the original failure; the others from the last replay.
+    assert harness.sleeps[1:] == [jitter(1.0, RAND), jitter(2.0, RAND)]
+    assert jitter(0.5, RAND) - 1.0 < harness.sleeps[0] <= jitter(0.5, RAND)
+    assert harness.waited_since_failure(event_id) >= jitter(0.5, RAND)
     requests = harness.api.requests("/api/chat.postMessage")
     assert [r.method for r in requests] == ["POST"] * 3
     assert [r.headers["x-selfheal-attempt"] for r in requests] == ["1", "2", "3"]
@@ -230,7 +245,8 @@ async def test_unknown_gets_one_retry_after_a_second(harness: Harness) -> None:
     harness.api.route("POST", "/api/chat.postMessage", Response(418))
     event_id = harness.failure(http_status=None, error_code=None, error_message="¯\\_(ツ)_/¯")
     await harness.heal()
-    assert harness.sleeps == [1.0]
+    assert len(harness.sleeps) == 1
+    assert harness.waited_since_failure(event_id) >= 1.0
     record = harness.record(event_id)
     assert record["failure_category"] == "unknown"
     assert (record["status"], record["next_retry_at"]) == ("pending", None)
@@ -351,9 +367,9 @@ async def test_short_rate_limits_wait_at_least_as_long_then_back_off(
     event_id = harness.failure(http_status=429, error_code="ratelimited", response_headers=headers)
     await harness.heal()
     assert harness.record(event_id)["status"] == "resolved"
-    first_wait = harness.sleeps[0]
-    assert least_wait + jitter(0.5, RAND) - 1.0 <= first_wait <= least_wait + jitter(0.5, RAND)
-    assert first_wait >= least_wait  # never before the server allows (date forms round down)
+    assert harness.sleeps[0] <= least_wait + jitter(0.5, RAND)
+    # Never before the server allows, counted from the failure it answered.
+    assert harness.waited_since_failure(event_id) >= least_wait + jitter(0.5, RAND)
 
 
 @pytest.mark.parametrize(

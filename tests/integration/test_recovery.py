@@ -451,6 +451,7 @@ async def test_auth_refreshes_rotates_and_replays_with_the_new_token(
     event_id = harness.failure(user_id=user_id, http_status=401, error_code="invalid_auth")
     [outcome] = await harness.heal()
     assert outcome.status.value == "resolved"
+    assert harness.record(event_id)["action_taken"].startswith("refreshed the OAuth token")
 
     [grant] = harness.api.requests("/oauth/token")
     assert grant.form() == {

@@ -11,11 +11,11 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import anyio
-import httpx
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from selfheal.logs import first_line, get_logger
 from selfheal.models import Status
+from selfheal.outbound import HttpClients
 from selfheal.policy import Thresholds
 from selfheal.recovery import Job, Outcome, Recoverer, RequestLimits
 from selfheal.settings import Settings
@@ -34,23 +34,21 @@ _CRASH_RETRY = timedelta(minutes=5)
 async def open_healer(
     store: Store, settings: Settings, wakeup: Wakeup, owner: str
 ) -> AsyncIterator[Healer]:
-    """A healer with its HTTP client (one connection pool for every replay and refresh)."""
-    pool = httpx.Limits(
-        max_connections=settings.max_concurrency,
-        max_keepalive_connections=settings.max_concurrency,
-    )
-    async with httpx.AsyncClient(
-        timeout=settings.http_timeout_seconds, limits=pool, follow_redirects=False
-    ) as client:
+    """A healer with its HTTP clients, closed when it is done."""
+    clients = HttpClients(settings.http_timeout_seconds, settings.service_concurrency)
+    try:
         clock = utcnow
         recoverer = Recoverer(
-            client,
+            clients,
             store,
             clock,
             limits=RequestLimits(settings.max_concurrency, settings.service_concurrency),
             max_wait=settings.max_retry_wait_seconds,
         )
         yield Healer(store, settings, recoverer, wakeup, owner, clock)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await clients.aclose()
 
 
 def utcnow() -> datetime:

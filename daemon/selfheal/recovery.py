@@ -13,13 +13,13 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 import anyio
-import httpx
 
 from selfheal.analyzer import analyze
 from selfheal.diagnose import failure_reason
 from selfheal.logs import get_logger
 from selfheal.models import Category, Failure, Status
 from selfheal.outbound import (
+    HttpClients,
     RefreshFailed,
     ReplayRequest,
     ReplayResult,
@@ -148,7 +148,7 @@ class RequestLimits:
 class Recoverer:
     def __init__(
         self,
-        client: httpx.AsyncClient,
+        clients: HttpClients,
         tokens: TokenStore,
         clock: Clock,
         sleep: Sleep = anyio.sleep,
@@ -157,7 +157,7 @@ class Recoverer:
         max_wait: float = 3600.0,
         limits: RequestLimits | None = None,
     ) -> None:
-        self._client = client
+        self._clients = clients
         self._tokens = tokens
         self._clock = clock
         self._sleep = sleep
@@ -217,7 +217,7 @@ class Recoverer:
             access_token=token,
         )
         async with self._limits.request(job.service_name):
-            result = await replay(self._client, request)
+            result = await replay(self._clients.get(job.service_name), request)
         log.info(
             "recovery.replayed",
             event_id=str(job.event_id),
@@ -375,7 +375,7 @@ class Recoverer:
             try:
                 async with self._limits.request(job.service_name):
                     grant = await refresh_access_token(
-                        self._client, job.oauth_config, refresh_token
+                        self._clients.get(job.service_name), job.oauth_config, refresh_token
                     )
             except RefreshFailed as exc:
                 if exc.reauthorize:

@@ -50,12 +50,15 @@ def main() -> None:
             }
             daemon = subprocess.Popen(
                 [sys.executable, "-m", "selfheal", "run"],
-                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
             )
             try:
-                with psycopg.connect(url, autocommit=True) as listener, psycopg.connect(
-                    url, autocommit=True
-                ) as writer:
+                with (
+                    psycopg.connect(url, autocommit=True) as listener,
+                    psycopg.connect(url, autocommit=True) as writer,
+                ):
                     listener.execute("LISTEN selfheal_outcomes")
                     _wait_for_daemon(writer)
                     writer.execute(
@@ -83,10 +86,14 @@ def main() -> None:
     finally:
         dbs.close()
     peak = max(stats["peak"].values())
-    print(f"{done:,} recoveries ({resolved[0] if resolved else 0:,} resolved) over "
-          f"{args.services} services")
-    print(f"commit -> last outcome: {last - committed:.2f} s; first -> last outcome: "
-          f"{last - first:.2f} s")
+    print(
+        f"{done:,} recoveries ({resolved[0] if resolved else 0:,} resolved) over "
+        f"{args.services} services"
+    )
+    print(
+        f"commit -> last outcome: {last - committed:.2f} s; first -> last outcome: "
+        f"{last - first:.2f} s"
+    )
     print(f"recoveries per second: {done / (last - first):,.0f} (target: 2,000/s)")
     print(f"peak requests in flight to one service: {peak} (cap {cap})")
 

@@ -198,6 +198,7 @@ class Healer:
             service_name=job.service_name,
             category=job.category.value,
             attempts=outcome.attempts,
+            backoff=round(outcome.backoff, 6),
             action=outcome.action,
             next_retry_at=outcome.next_retry_at.isoformat() if outcome.next_retry_at else None,
         )

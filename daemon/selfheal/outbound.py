@@ -1,6 +1,6 @@
 """The HTTP edge: replays of failed calls and OAuth 2.0 refresh-token grants (RFC 6749 s. 6).
 
-httpx errors are translated here; nothing above sees a transport exception.
+httpx and httpcore errors are translated here; nothing above sees a transport exception.
 """
 
 from __future__ import annotations
@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+import httpcore
 import httpx
 import orjson
 
 from selfheal import __version__
+from selfheal.aionet import AsyncioBackend
 from selfheal.policy import idempotency_key, needs_reauthorization
 
 __all__ = [
@@ -64,50 +66,61 @@ class ReplayResult:
 
 
 class HttpClients:
-    """Connection pools per service and origin. Replays go straight to an httpx transport:
-    the client's machinery (cookies, auth flows, redirects) is a fifth of the CPU of a
-    replay and none of it applies. Small pools matter too: httpcore looks over every
-    connection of a pool on every request (4x the CPU at 64 connections than at 8)."""
+    """The daemon's HTTP: replays through httpcore pools, one per service and origin;
+    token refreshes (rare) through one httpx client.
+
+    Replays are the hot path, and httpx's request machinery (cookies, auth flows,
+    redirects, models) is about a third of a replay's CPU with none of it used: sending
+    through httpcore, the connection layer httpx itself runs on, makes 2,000 replays a
+    second fit one core. Pools stay small (a service's concurrency cap) because httpcore
+    looks over every connection of a pool on every request.
+    """
 
     def __init__(self, timeout: float, per_service: int, *, trust_env: bool = True) -> None:
-        self._timeout = httpx.Timeout(timeout).as_dict()
-        self._limits = httpx.Limits(
-            max_connections=per_service, max_keepalive_connections=per_service
-        )
-        self._trust_env = trust_env
+        self._timeouts = {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}
+        self._per_service = per_service
         self._ssl = httpx.create_ssl_context(trust_env=trust_env)  # shared: costly to make
         self._proxies = urllib.request.getproxies() if trust_env else {}
-        self._transports: dict[tuple[str, str], httpx.AsyncHTTPTransport] = {}
+        self._pools: dict[tuple[str, str], httpcore.AsyncConnectionPool] = {}
+        self._network = AsyncioBackend()
+        self.client = httpx.AsyncClient(
+            timeout=timeout, verify=self._ssl, trust_env=trust_env, follow_redirects=False
+        )
 
-    def transport(self, service_name: str, url: httpx.URL) -> httpx.AsyncHTTPTransport:
-        origin = f"{url.scheme}://{url.netloc.decode('ascii')}"
-        transport = self._transports.get((service_name, origin))
-        if transport is None:
+    def _pool(self, service_name: str, url: str) -> httpcore.AsyncConnectionPool:
+        parts = urlsplit(url)
+        pool = self._pools.get((service_name, parts.netloc))
+        if pool is None:
             # Services and their origins are a short list, so pools are kept.
-            proxy = self._proxies.get(url.scheme)
-            if proxy and urllib.request.proxy_bypass(url.host):
+            proxy = self._proxies.get(parts.scheme)
+            if proxy and urllib.request.proxy_bypass(parts.hostname or ""):
                 proxy = None
-            transport = httpx.AsyncHTTPTransport(
-                verify=self._ssl, limits=self._limits, proxy=proxy or None
+            pool = httpcore.AsyncConnectionPool(
+                ssl_context=self._ssl,
+                proxy=httpcore.Proxy(proxy) if proxy else None,
+                max_connections=self._per_service,
+                network_backend=self._network,
             )
-            self._transports[(service_name, origin)] = transport
-        return transport
+            self._pools[(service_name, parts.netloc)] = pool
+        return pool
 
-    async def send(self, service_name: str, request: httpx.Request) -> httpx.Response:
-        """Send and read the whole response; httpx errors pass through."""
-        request.extensions["timeout"] = self._timeout
-        transport = self.transport(service_name, request.url)
-        response = await transport.handle_async_request(request)
-        try:
-            await response.aread()
-        finally:
-            await response.aclose()
-        return response
+    async def send(
+        self, service_name: str, method: str, url: str, headers: dict[str, str], body: bytes
+    ) -> httpcore.Response:
+        """Send and read the whole response; httpcore errors pass through."""
+        return await self._pool(service_name, url).request(
+            method,
+            url,
+            headers=list(headers.items()),
+            content=body or None,
+            extensions={"timeout": self._timeouts},
+        )
 
     async def aclose(self) -> None:
-        for transport in self._transports.values():
-            await transport.aclose()
-        self._transports = {}
+        for pool in self._pools.values():
+            await pool.aclose()
+        self._pools = {}
+        await self.client.aclose()
 
 
 def replayable(method: str | None, endpoint: str | None) -> str | None:
@@ -131,31 +144,41 @@ async def replay(clients: HttpClients, service_name: str, request: ReplayRequest
     }
     if request.access_token:
         headers["Authorization"] = f"Bearer {request.access_token}"
-    content = None
+    content = b""
     if request.payload is not None and method not in _BODYLESS:
         content = orjson.dumps(request.payload)
         headers["Content-Type"] = "application/json"
     try:
-        response = await clients.send(
-            service_name, httpx.Request(method, request.endpoint, content=content, headers=headers)
-        )
-    except httpx.TimeoutException:
+        response = await clients.send(service_name, method, request.endpoint, headers, content)
+    except httpcore.TimeoutException:
         return ReplayResult(None, {}, "ETIMEDOUT", "")
-    except httpx.HTTPError as exc:
+    except _TRANSPORT_ERRORS as exc:
         return ReplayResult(None, {}, _transport_code(exc), "")
-    body = response.text[:_BODY_SAMPLE]
+    body = response.content[:_BODY_SAMPLE].decode("utf-8", "replace")
     return ReplayResult(
-        response.status_code,
-        {name.lower(): value for name, value in response.headers.items()},
-        _ok_false_error(response.status_code, body),
+        response.status,
+        {
+            name.decode("latin-1").lower(): value.decode("latin-1")
+            for name, value in response.headers
+        },
+        _ok_false_error(response.status, body),
         body,
     )
 
 
-def _transport_code(exc: httpx.HTTPError) -> str:
-    if isinstance(exc, httpx.ConnectError):
+_TRANSPORT_ERRORS = (
+    httpcore.NetworkError,
+    httpcore.ProtocolError,
+    httpcore.ProxyError,
+    httpcore.UnsupportedProtocol,
+    httpcore.PoolTimeout,
+)
+
+
+def _transport_code(exc: Exception) -> str:
+    if isinstance(exc, httpcore.ConnectError):
         return "ECONNREFUSED"
-    if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError):
+    if isinstance(exc, httpcore.RemoteProtocolError | httpcore.ReadError):
         return "ECONNRESET"
     return "network_error"
 
@@ -199,7 +222,7 @@ class RefreshFailed(Exception):
 
 
 async def refresh_access_token(
-    clients: HttpClients, service_name: str, oauth_config: Mapping[str, Any], refresh_token: str
+    client: httpx.AsyncClient, oauth_config: Mapping[str, Any], refresh_token: str
 ) -> TokenGrant:
     token_url = oauth_config.get("token_url")
     client_id = oauth_config.get("client_id")
@@ -225,9 +248,7 @@ async def refresh_access_token(
         pair = f"{quote(client_id, safe='')}:{quote(secret, safe='')}".encode()
         headers["Authorization"] = "Basic " + base64.b64encode(pair).decode()
     try:
-        response = await clients.send(
-            service_name, httpx.Request("POST", token_url, data=form, headers=headers)
-        )
+        response = await client.post(token_url, data=form, headers=headers)
     except httpx.TimeoutException as exc:
         raise RefreshFailed("the token endpoint timed out", temporary=True) from exc
     except httpx.HTTPError as exc:

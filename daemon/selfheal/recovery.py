@@ -100,6 +100,7 @@ class Outcome:
     disable_connection: str | None = None
     connection_failed: bool = False
     rate_limited_until: datetime | None = None
+    backoff: float = 0.0  # the waits of the schedule, in seconds (not the time they took)
 
     @property
     def resolved(self) -> bool:
@@ -219,16 +220,17 @@ class Recoverer:
         )
         async with self._limits.request(job.service_name):
             result = await replay(self._clients, job.service_name, request)
-        log.info(
-            "recovery.replayed",
-            event_id=str(job.event_id),
-            service_name=job.service_name,
-            category=job.category.value,
-            attempt=job.attempts + attempt,
-            backoff=round(backoff, 6),
-            http_status=result.status,
-            succeeded=result.succeeded,
-        )
+        if not result.succeeded:  # a success is told by the outcome's own line
+            log.info(
+                "recovery.replay_failed",
+                event_id=str(job.event_id),
+                service_name=job.service_name,
+                category=job.category.value,
+                attempt=job.attempts + attempt,
+                backoff=round(backoff, 6),
+                http_status=result.status,
+                error_code=result.error_code,
+            )
         return result
 
     # --- network and unknown: backoff replays --------------------------------------------
@@ -241,7 +243,7 @@ class Recoverer:
             await schedule.wait(delay)
             result = await self._replay(job, attempt, job.access_token, delay)
             if result.succeeded:
-                return _resolved(job, attempt, "replayed after backoff")
+                return _resolved(job, attempt, "replayed after backoff", schedule)
         next_retry_at = schedule_retry(
             job.category,
             now=self._clock(),
@@ -285,7 +287,7 @@ class Recoverer:
             attempts += 1
             result = await self._replay(job, attempts, job.access_token, delay)
             if result.succeeded:
-                return _resolved(job, attempts, "replayed after the rate-limit window")
+                return _resolved(job, attempts, "replayed after the rate-limit window", schedule)
             again = rate_limit_wait(result.headers, self._clock(), self._max_wait)
             if result.status == 429 and again is not None and again >= SHORT_WAIT_LIMIT:
                 return self._rate_limit_window(job, again, attempts, result)
@@ -342,7 +344,7 @@ class Recoverer:
             attempts += 1
             result = await self._replay(job, attempts, token, delay)
             if result.succeeded:
-                return _resolved(job, attempts, "refreshed the OAuth token and replayed")
+                return _resolved(job, attempts, "refreshed the OAuth token and replayed", schedule)
             if result.status not in (401, 403):
                 break  # no longer an auth problem: leave it to an operator
             stale_before = refreshed_at
@@ -376,7 +378,7 @@ class Recoverer:
             try:
                 async with self._limits.request(job.service_name):
                     grant = await refresh_access_token(
-                        self._clients, job.service_name, job.oauth_config, refresh_token
+                        self._clients.client, job.oauth_config, refresh_token
                     )
             except RefreshFailed as exc:
                 if exc.reauthorize:
@@ -462,15 +464,23 @@ class _Schedule:
         self._due = start
         self._clock = clock
         self._sleep = sleep
+        self.total = 0.0
 
     async def wait(self, delay: float) -> None:
+        self.total += delay
         self._due += timedelta(seconds=delay)
         await self._sleep(max(0.0, (self._due - self._clock()).total_seconds()))
 
 
-def _resolved(job: Job, attempts: int, how: str) -> Outcome:
+def _resolved(job: Job, attempts: int, how: str, schedule: _Schedule) -> Outcome:
     plural = "s" if attempts != 1 else ""
-    return Outcome(job, Status.RESOLVED, f"{how} ({attempts} attempt{plural})", attempts=attempts)
+    return Outcome(
+        job,
+        Status.RESOLVED,
+        f"{how} ({attempts} attempt{plural})",
+        attempts=attempts,
+        backoff=schedule.total,
+    )
 
 
 def _reason(job: Job, result: ReplayResult | None) -> str | None:

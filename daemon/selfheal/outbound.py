@@ -6,6 +6,7 @@ httpx and httpcore errors are translated here; nothing above sees a transport ex
 from __future__ import annotations
 
 import base64
+import ssl
 import urllib.request
 import uuid
 from collections.abc import Mapping
@@ -176,6 +177,8 @@ _TRANSPORT_ERRORS = (
 
 
 def _transport_code(exc: Exception) -> str:
+    if isinstance(exc.__cause__ or exc.__context__, ssl.SSLError):
+        return "tls_error"
     if isinstance(exc, httpcore.ConnectError):
         return "ECONNREFUSED"
     if isinstance(exc, httpcore.RemoteProtocolError | httpcore.ReadError):

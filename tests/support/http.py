@@ -31,6 +31,7 @@ import binascii
 import itertools
 import json
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -267,7 +268,8 @@ class _RequestHandler(BaseHTTPRequestHandler):
 class StubServer:
     """A real HTTP/1.1 server on 127.0.0.1 that records requests and answers from routes."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
+        self._tls = tls
         self._routes: dict[tuple[str, str], Handler] = {}
         self._requests: list[Request] = []
         self._errors: list[Exception] = []
@@ -278,10 +280,11 @@ class StubServer:
 
     @property
     def url(self) -> str:
-        """``http://127.0.0.1:PORT``, without a trailing slash."""
+        """``http://127.0.0.1:PORT`` (https with TLS), without a trailing slash."""
         if self._server is None:
             raise RuntimeError("the stub server is not started")
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        scheme = "https" if self._tls else "http"
+        return f"{scheme}://127.0.0.1:{self._server.server_address[1]}"
 
     def route(
         self, method: str, path: str, handler: Handler | Response | Sequence[Response]
@@ -334,6 +337,8 @@ class StubServer:
             raise RuntimeError("the stub server is already started")
         self._stopping.clear()
         self._server = _Server(self)
+        if self._tls is not None:
+            self._server.socket = self._tls.wrap_socket(self._server.socket, server_side=True)
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.02},

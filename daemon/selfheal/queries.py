@@ -316,14 +316,14 @@ WITH o AS (
     UPDATE user_integrations u
     SET consecutive_failures = CASE WHEN v.reset THEN v.failed
                                     ELSE u.consecutive_failures + v.failed END,
-        last_error_at = CASE WHEN v.failed > 0 THEN now() ELSE u.last_error_at END,
+        last_error_at = CASE WHEN v.errored THEN now() ELSE u.last_error_at END,
         auto_recovery_enabled = u.auto_recovery_enabled AND v.disable_reason IS NULL,
         disabled_reason = COALESCE(v.disable_reason, u.disabled_reason),
         disabled_at = CASE WHEN v.disable_reason IS NOT NULL THEN now() ELSE u.disabled_at END
     FROM unnest(
         %(connection_ids)s::uuid[], %(connection_reset)s::bool[], %(connection_failed)s::int[],
-        %(connection_disable)s::text[]
-    ) AS v(id, reset, failed, disable_reason)
+        %(connection_disable)s::text[], %(connection_errored)s::bool[]
+    ) AS v(id, reset, failed, disable_reason, errored)
     WHERE u.id = v.id
 ), notified AS (
     SELECT pg_notify('selfheal_outcomes', count(*)::text) FROM records

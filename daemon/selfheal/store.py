@@ -354,7 +354,7 @@ def _columns(diagnoses: Sequence[Diagnosis]) -> dict[str, list[Any]]:
 def _outcome_columns(outcomes: Sequence[Outcome]) -> dict[str, list[Any]]:
     """The batch as arrays, with per-service and per-connection effects folded in order."""
     services: dict[uuid.UUID, list[Any]] = {}  # id -> [reset, failed, disable, window]
-    connections: dict[uuid.UUID, list[Any]] = {}  # id -> [reset, failed, disable]
+    connections: dict[uuid.UUID, list[Any]] = {}  # id -> [reset, failed, disable, errored]
     # In arrival order: the failure that crossed a threshold names the reason.
     for o in sorted(outcomes, key=lambda o: o.job.failed_at):
         job = o.job
@@ -367,12 +367,13 @@ def _outcome_columns(outcomes: Sequence[Outcome]) -> dict[str, list[Any]]:
             effect[2] = effect[2] or o.disable_service
             if o.rate_limited_until is not None:
                 effect[3] = max(filter(None, (effect[3], o.rate_limited_until)))
-        if job.connection_id is not None and (o.resolved or o.connection_failed):
-            effect = connections.setdefault(job.connection_id, [False, 0, None])
+        if job.connection_id is not None:
+            effect = connections.setdefault(job.connection_id, [False, 0, None, False])
             if o.resolved:
                 effect[0:2] = [True, 0]
             else:
-                effect[1] += 1
+                effect[1] += o.connection_failed
+                effect[3] = True
             effect[2] = effect[2] or o.disable_connection
     return {
         "record_ids": [o.job.record_id for o in outcomes],
@@ -392,4 +393,5 @@ def _outcome_columns(outcomes: Sequence[Outcome]) -> dict[str, list[Any]]:
         "connection_reset": [e[0] for e in connections.values()],
         "connection_failed": [e[1] for e in connections.values()],
         "connection_disable": [e[2] for e in connections.values()],
+        "connection_errored": [e[3] for e in connections.values()],
     }

@@ -469,9 +469,9 @@ async def test_auth_refreshes_rotates_and_replays_with_the_new_token(
     assert replayed.headers["authorization"] == "Bearer at-1"
     row = harness.conn.execute(
         "SELECT access_token, refresh_token, token_expires_at > now() + interval '59 minutes', "
-        "consecutive_failures FROM user_integrations"
+        "consecutive_failures, last_error_at FROM user_integrations"
     ).fetchone()
-    assert row == ("at-1", "rt-2", True, 0)
+    assert row == ("at-1", "rt-2", True, 0, None)
     harness.assert_no_secret_leaked()
 
 
@@ -519,10 +519,10 @@ async def test_invalid_grant_means_reauthorization_and_no_more_refreshes(
         await harness.heal()
     assert oauth.request_count == 1  # the same dead refresh token is not tried again
     row = harness.conn.execute(
-        "SELECT auto_recovery_enabled, consecutive_failures, reauth_required_at IS NOT NULL "
-        "FROM user_integrations"
+        "SELECT auto_recovery_enabled, consecutive_failures, reauth_required_at IS NOT NULL, "
+        "last_error_at IS NOT NULL FROM user_integrations"
     ).fetchone()
-    assert row == (False, 3, True)  # the third consecutive failure disabled the connection
+    assert row == (False, 3, True, True)  # the third consecutive failure disabled it
     # Other users of the service are unaffected.
     master = harness.conn.execute("SELECT auto_recovery_enabled FROM integrations_master")
     assert master.fetchone() == (True,)

@@ -117,7 +117,6 @@ WITH chunk AS (
     WHERE e.status = 'error'
       AND (e.created_at, e.id)
           > (COALESCE(%(after_created_at)s::timestamptz, '-infinity'), %(after_id)s::uuid)
-      AND e.created_at >= %(since)s::timestamptz
     ORDER BY e.created_at, e.id
     LIMIT %(limit)s
 ), queued AS (

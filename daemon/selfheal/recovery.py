@@ -244,26 +244,30 @@ class Recoverer:
             result = await self._replay(job, attempt, job.access_token, delay)
             if result.succeeded:
                 return _resolved(job, attempt, "replayed after backoff", schedule)
+        return self._later(
+            job, job.category, f"{len(delays)} replays failed", len(delays), _reason(job, result)
+        )
+
+    def _later(
+        self, job: Job, category: Category, what: str, attempts: int, reason: str | None
+    ) -> Outcome:
+        """Pending, with the category's next out-of-process retry when it has one."""
         next_retry_at = schedule_retry(
-            job.category,
+            category,
             now=self._clock(),
             deferrals=job.deferrals,
             rand=self._rand(),
             cap=self._max_wait,
         )
-        action = f"{len(delays)} replays failed"
-        if next_retry_at is None:
-            action += "; admin review"
-        else:
-            action += "; retry scheduled"
+        scheduled = next_retry_at is not None
         return Outcome(
             job,
             Status.PENDING,
-            action,
-            attempts=len(delays),
+            f"{what}; {'retry scheduled' if scheduled else 'admin review'}",
+            attempts=attempts,
             next_retry_at=next_retry_at,
-            deferrals=job.deferrals + (next_retry_at is not None),
-            reason=_reason(job, result),
+            deferrals=job.deferrals + scheduled,
+            reason=reason,
         )
 
     # --- rate_limit: never before the server allows --------------------------------------
@@ -292,21 +296,12 @@ class Recoverer:
             if result.status == 429 and again is not None and again >= SHORT_WAIT_LIMIT:
                 return self._rate_limit_window(job, again, attempts, result)
             server_wait = again if result.status == 429 and again is not None else 0.0
-        next_retry_at = schedule_retry(
-            Category.RATE_LIMIT,
-            now=self._clock(),
-            deferrals=job.deferrals,
-            rand=self._rand(),
-            cap=self._max_wait,
-        )
-        return Outcome(
+        return self._later(
             job,
-            Status.PENDING,
-            f"{attempts} replays still rate limited; retry scheduled",
-            attempts=attempts,
-            next_retry_at=next_retry_at,
-            deferrals=job.deferrals + 1,
-            reason=_reason(job, result),
+            Category.RATE_LIMIT,
+            f"{attempts} replays still rate limited",
+            attempts,
+            _reason(job, result),
         )
 
     def _rate_limit_window(
@@ -406,21 +401,10 @@ class Recoverer:
             reauthorize=exc.reauthorize,
         )
         if exc.temporary:
-            # The token endpoint is down: not the user's fault, try again later.
-            next_retry_at = schedule_retry(
-                Category.NETWORK,
-                now=self._clock(),
-                deferrals=job.deferrals,
-                rand=self._rand(),
-                cap=self._max_wait,
-            )
-            return Outcome(
-                job,
-                Status.PENDING,
-                f"token refresh failed: {exc.reason}; retry scheduled",
-                attempts=attempts,
-                next_retry_at=next_retry_at,
-                deferrals=job.deferrals + 1,
+            # The token endpoint is down: not the user's fault; back off as for a network
+            # failure and try again later.
+            return self._later(
+                job, Category.NETWORK, f"token refresh failed: {exc.reason}", attempts, None
             )
         if exc.reauthorize:
             return self._auth_failed(

@@ -259,8 +259,8 @@ class Store:
                 {"event_id": event_id, "reason": reason, "signals": signals_json},
             )
 
-    async def enqueue_backlog(self, since: datetime, chunk: int) -> tuple[int, int]:
-        """Put every unrecorded failure since `since` into the inbox; returns (seen, queued)."""
+    async def enqueue_backlog(self, chunk: int) -> tuple[int, int]:
+        """Put every unrecorded failure, however old, into the inbox; (seen, queued)."""
         seen = queued = 0
         after: tuple[Any, Any] = (None, uuid.UUID(int=0))
         async with self._connection() as conn:
@@ -270,7 +270,6 @@ class Store:
                     {
                         "after_created_at": after[0],
                         "after_id": after[1],
-                        "since": since,
                         "limit": chunk,
                     },
                 )

@@ -31,7 +31,46 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-class Claimer:
+class _Loop:
+    """A worker that does its step, then waits for a wake-up or its period; backs off
+    while Postgres is away. `stop()` ends it after the step in progress."""
+
+    name = "worker"
+
+    def __init__(self, store: Store, settings: Settings, wakeup: Wakeup) -> None:
+        self._store = store
+        self._settings = settings
+        self._wakeup = wakeup
+        self._stopping = False
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wakeup.set()
+
+    def period(self) -> float:
+        return self._settings.poll_interval_seconds
+
+    async def step(self) -> None:
+        raise NotImplementedError
+
+    async def run(self) -> None:
+        failures = 0
+        while not self._stopping:
+            try:
+                await self.step()
+                failures = 0
+            except DatabaseUnavailable as exc:
+                delay = reconnect_delay(failures, self._settings.reconnect_max_seconds)
+                log.warning(f"{self.name}.db_unavailable", error=first_line(exc), retry_in=delay)
+                failures += 1
+                await anyio.sleep(delay)
+                continue
+            await self._wakeup.wait(self.period())
+
+
+class Claimer(_Loop):
+    name = "claimer"
+
     def __init__(
         self,
         store: Store,
@@ -40,30 +79,12 @@ class Claimer:
         on_recorded: Callable[[list[Recorded]], None] = lambda _: None,
         clock: Clock = utcnow,
     ) -> None:
-        self._store = store
-        self._settings = settings
-        self._wakeup = wakeup
+        super().__init__(store, settings, wakeup)
         self._on_recorded = on_recorded
         self._clock = clock
-        self._stopping = False
 
-    def stop(self) -> None:
-        self._stopping = True
-        self._wakeup.set()
-
-    async def run(self) -> None:
-        failures = 0
-        while not self._stopping:
-            try:
-                await self.drain()
-                failures = 0
-            except DatabaseUnavailable as exc:
-                delay = reconnect_delay(failures, self._settings.reconnect_max_seconds)
-                log.warning("claimer.db_unavailable", error=first_line(exc), retry_in=delay)
-                failures += 1
-                await anyio.sleep(delay)
-                continue
-            await self._wakeup.wait(self._settings.poll_interval_seconds)
+    async def step(self) -> None:
+        await self.drain()
 
     async def drain(self) -> int:
         """Claim and record batches until the inbox has nothing due. Batch N is written
@@ -248,36 +269,23 @@ class _Background:
         return self._value
 
 
-class Scanner:
+class Scanner(_Loop):
     """The backlog timer: finds failures the trigger never queued (rows written while
     triggers were off, before the first migrate, or by replication) however old."""
 
-    def __init__(self, store: Store, settings: Settings, wakeup: Wakeup, claimer_wakeup: Wakeup):
-        self._store = store
-        self._settings = settings
-        self._wakeup = wakeup
+    name = "scanner"
+
+    def __init__(
+        self, store: Store, settings: Settings, wakeup: Wakeup, claimer_wakeup: Wakeup
+    ) -> None:
+        super().__init__(store, settings, wakeup)
         self._claimer_wakeup = claimer_wakeup
-        self._stopping = False
 
-    def stop(self) -> None:
-        self._stopping = True
-        self._wakeup.set()
+    def period(self) -> float:
+        return self._settings.scan_interval_seconds
 
-    async def run(self) -> None:
-        failures = 0
-        while not self._stopping:
-            try:
-                seen, queued = await self._store.enqueue_backlog(
-                    datetime.min.replace(tzinfo=UTC), self._settings.scan_chunk_size
-                )
-                failures = 0
-            except DatabaseUnavailable as exc:
-                delay = reconnect_delay(failures, self._settings.reconnect_max_seconds)
-                log.warning("scanner.db_unavailable", error=first_line(exc), retry_in=delay)
-                failures += 1
-                await anyio.sleep(delay)
-                continue
-            log.info("scanner.swept", failures_seen=seen, queued=queued)
-            if queued:
-                self._claimer_wakeup.set()
-            await self._wakeup.wait(self._settings.scan_interval_seconds)
+    async def step(self) -> None:
+        seen, queued = await self._store.enqueue_backlog(self._settings.scan_chunk_size)
+        log.info("scanner.swept", failures_seen=seen, queued=queued)
+        if queued:
+            self._claimer_wakeup.set()

@@ -20,14 +20,6 @@ def api() -> Iterator[StubServer]:
         yield server
 
 
-@pytest.fixture
-def daemons() -> Iterator[list[DaemonProcess]]:
-    started: list[DaemonProcess] = []
-    yield started
-    for daemon in started:
-        daemon.close()
-
-
 def _status_becomes(
     conn: psycopg.Connection[tuple[object, ...]], event_id: object, status: str
 ) -> object:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -22,14 +21,6 @@ from tests.support.events import (
 from tests.support.postgres import pg_ctl, private_server, remove
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[DaemonProcess]]:
-    started: list[DaemonProcess] = []
-    yield started
-    for daemon in started:
-        daemon.close()
 
 
 def test_records_every_failure_and_exits_cleanly_on_sigterm(

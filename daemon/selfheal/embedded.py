@@ -17,10 +17,15 @@ def default_data_dir() -> Path:
 
 def start_embedded(data_dir: Path) -> str:
     """Start (or reuse) the server in data_dir and return its socket conninfo."""
-    # pgserver warns through platformdirs when XDG_RUNTIME_DIR is unset (containers, CI).
-    os.environ.setdefault("XDG_RUNTIME_DIR", str(data_dir.parent))
+    data_dir.mkdir(parents=True, exist_ok=True)
+    if "XDG_RUNTIME_DIR" not in os.environ:
+        # pgserver asks platformdirs for one, which warns when it is unset or not private
+        # (containers, CI, root): give it a private one beside the data.
+        run_dir = data_dir.parent / "run"
+        run_dir.mkdir(mode=0o700, exist_ok=True)
+        run_dir.chmod(0o700)
+        os.environ["XDG_RUNTIME_DIR"] = str(run_dir)
     from pgserver import get_server  # type: ignore[attr-defined]  # slow import; only here
 
-    data_dir.mkdir(parents=True, exist_ok=True)
     server = get_server(data_dir, cleanup_mode="stop")
     return str(server.get_uri())

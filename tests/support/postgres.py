@@ -15,6 +15,7 @@ import anyio
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from selfheal.embedded import start_embedded
 from selfheal.migrate import apply_migrations
 
 
@@ -34,14 +35,6 @@ def _answers(conninfo: str) -> bool:
         return True
     except psycopg.Error:
         return False
-
-
-def start_embedded(data_dir: Path) -> str:
-    os.environ.setdefault("XDG_RUNTIME_DIR", str(data_dir.parent))
-    import pgserver
-
-    server = pgserver.get_server(data_dir, cleanup_mode="stop")
-    return str(server.get_uri())
 
 
 def find_server(tmp_root: Path) -> PostgresServer:

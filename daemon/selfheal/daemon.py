@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 from typing import Protocol
@@ -30,7 +31,8 @@ class Stoppable(Protocol):
 
 def owner_name() -> str:
     """Who holds a lease: readable in the tables, unique per process."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    # The suffix: two containers can share a hostname and both be pid 1.
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
 async def run_daemon(settings: Settings, conninfo: str, listen_conninfo: str) -> None:

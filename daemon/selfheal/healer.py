@@ -89,9 +89,11 @@ class Healer:
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._write_outcomes, receive)
-                async with send:
+                async with anyio.create_task_group() as renewing, send:
+                    renewing.start_soon(self._renew_leases)
                     await self._claim_loop(tg, send)
                     await self._idle.wait()  # in-flight recoveries finish (within the grace)
+                    renewing.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(2):
                 await self._store.release_records(self._owner)
@@ -203,6 +205,16 @@ class Healer:
             next_retry_at=outcome.next_retry_at.isoformat() if outcome.next_retry_at else None,
         )
         return outcome
+
+    async def _renew_leases(self) -> None:
+        every = self._settings.lease_seconds / 3
+        while True:
+            await anyio.sleep(every)
+            if self._active:
+                try:
+                    await self._store.renew_leases(self._owner, self._settings.lease_seconds)
+                except DatabaseUnavailable as exc:
+                    log.warning("healer.renew_failed", error=first_line(exc))
 
     async def _write_outcomes(self, receive: MemoryObjectReceiveStream[Outcome]) -> None:
         """One statement per batch of outcomes: under load they queue up and go together."""

@@ -9,7 +9,7 @@ from typing import Any, TextIO
 import orjson
 import structlog
 
-from selfheal.sanitize import scrub_text
+from selfheal.sanitize import scrub, scrub_text
 from selfheal.settings import Settings
 
 __all__ = ["configure_logging", "first_line", "get_logger"]
@@ -61,7 +61,13 @@ def configure_logging(settings: Settings, stream: TextIO | None = None) -> None:
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     if fmt == "json":
-        processors.append(structlog.processors.dict_tracebacks)
+        # Frame locals would show headers, forms and connection strings: never render them.
+        processors.append(
+            structlog.processors.ExceptionRenderer(
+                structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+            )
+        )
+    processors.append(_scrub_errors)
     processors.append(renderer)
     structlog.configure(
         processors=processors,
@@ -78,12 +84,28 @@ def configure_logging(settings: Settings, stream: TextIO | None = None) -> None:
         logging.getLogger(chatty).setLevel(logging.WARNING)
 
 
+_ERROR_FIELDS = ("error", "exception", "message")
+
+
+def _scrub_errors(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Error texts come from libraries and may quote what they were given: sanitize them."""
+    for name in _ERROR_FIELDS:
+        if name in event and event[name] is not None and not isinstance(event[name], bool):
+            value = event[name]
+            event[name] = (
+                scrub(value)
+                if isinstance(value, dict | list)
+                else scrub_text(str(value), max_length=8000)
+            )
+    return event
+
+
 class _ToStructlog(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         level = record.levelname.lower()
         log = structlog.get_logger()
         method = getattr(log, level if level in _LEVELS else "info")
-        method(f"{record.name}.log", message=scrub_text(record.getMessage(), max_length=2000))
+        method(f"{record.name}.log", message=record.getMessage())
 
 
 def get_logger(**initial: Any) -> Any:

@@ -128,8 +128,12 @@ def replayable(method: str | None, endpoint: str | None) -> str | None:
     """Why an event cannot be replayed, or None when it can."""
     if not endpoint:
         return "the event has no endpoint"
-    parts = urlsplit(endpoint)
-    if parts.scheme not in {"http", "https"} or not parts.netloc:
+    try:
+        parts = urlsplit(endpoint)
+        parts.port  # noqa: B018 - raises on a port that is not a number in range
+    except ValueError:
+        return "the event's endpoint is not a valid URL"
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
         return "the event's endpoint is not an absolute http(s) URL"
     if (method or "POST").upper() not in _METHODS:
         return f"unsupported HTTP method {method!r}"
@@ -151,6 +155,8 @@ async def replay(clients: HttpClients, service_name: str, request: ReplayRequest
         headers["Content-Type"] = "application/json"
     try:
         response = await clients.send(service_name, method, request.endpoint, headers, content)
+    except ValueError:  # an URL httpcore cannot use (replayable() lets few through)
+        return ReplayResult(None, {}, "invalid_url", "")
     except httpcore.TimeoutException:
         return ReplayResult(None, {}, "ETIMEDOUT", "")
     except _TRANSPORT_ERRORS as exc:
@@ -252,6 +258,8 @@ async def refresh_access_token(
         headers["Authorization"] = "Basic " + base64.b64encode(pair).decode()
     try:
         response = await client.post(token_url, data=form, headers=headers)
+    except (httpx.InvalidURL, ValueError) as exc:
+        raise RefreshFailed("oauth_config.token_url is not a valid URL") from exc
     except httpx.TimeoutException as exc:
         raise RefreshFailed("the token endpoint timed out", temporary=True) from exc
     except httpx.HTTPError as exc:

@@ -232,7 +232,8 @@ WITH due AS (
               s.created_at
 )
 SELECT c.id, c.event_id, c.service_name, c.failure_category, c.attempts, c.deferrals,
-       e.endpoint, e.http_method, e.payload, e.response_headers, e.created_at,
+       e.endpoint, e.http_method, e.payload, e.response_headers,
+       COALESCE(e.created_at, c.created_at),
        m.id, COALESCE(m.auto_recovery_enabled, true), m.oauth_config,
        u.id, COALESCE(u.auto_recovery_enabled, true), u.access_token, u.refresh_token,
        COALESCE(u.consecutive_failures, 0),
@@ -244,11 +245,16 @@ SELECT c.id, c.event_id, c.service_name, c.failure_category, c.attempts, c.defer
               AND x.created_at >= COALESCE(m.counters_reset_at, '-infinity')
               AND (c.failure_category <> 'network'
                    OR x.created_at > c.created_at - make_interval(secs => %(window_seconds)s))
-            LIMIT %(count_cap)s) AS counted)
+            LIMIT %(count_cap)s) AS counted),
+       e.id IS NULL
 FROM claimed c
-JOIN integration_events e ON e.id = c.event_id
+LEFT JOIN integration_events e ON e.id = c.event_id
 LEFT JOIN integrations_master m ON m.service_name = c.service_name
-LEFT JOIN user_integrations u ON u.user_id = e.user_id AND u.integration_id = m.id
+LEFT JOIN LATERAL (
+    SELECT * FROM user_integrations u
+    WHERE u.user_id = e.user_id AND u.integration_id = m.id
+    ORDER BY u.id LIMIT 1
+) u ON true
 """
 
 # A service seen failing for the first time gets its row, so its counters and its
@@ -290,12 +296,16 @@ WITH o AS (
     FROM o
     WHERE s.id = o.record_id AND s.lease_owner = %(owner)s
     RETURNING s.id
+), held AS (
+    -- Effects count only when every record of the batch was still ours: a writer whose
+    -- leases ran out, or that retries a write that went through, changes no counter.
+    SELECT (SELECT count(*) FROM records) = cardinality(%(record_ids)s::uuid[]) AS ok
 ), events AS (
     UPDATE integration_events e
     SET retry_count = e.retry_count + o.attempts,
         status = CASE WHEN o.status = 'resolved' THEN 'success' ELSE e.status END
-    FROM o
-    WHERE e.id = o.event_id AND o.attempts > 0
+    FROM o, held
+    WHERE e.id = o.event_id AND o.attempts > 0 AND held.ok
 ), services AS (
     UPDATE integrations_master m
     SET last_recovery_at = now(),
@@ -309,8 +319,8 @@ WITH o AS (
     FROM unnest(
         %(service_ids)s::uuid[], %(service_reset)s::bool[], %(service_failed)s::int[],
         %(service_disable)s::text[], %(service_window)s::timestamptz[]
-    ) AS v(id, reset, failed, disable_reason, rate_limited_until)
-    WHERE m.id = v.id
+    ) AS v(id, reset, failed, disable_reason, rate_limited_until), held
+    WHERE m.id = v.id AND held.ok
 ), connections AS (
     UPDATE user_integrations u
     SET consecutive_failures = CASE WHEN v.reset THEN v.failed
@@ -322,8 +332,8 @@ WITH o AS (
     FROM unnest(
         %(connection_ids)s::uuid[], %(connection_reset)s::bool[], %(connection_failed)s::int[],
         %(connection_disable)s::text[], %(connection_errored)s::bool[]
-    ) AS v(id, reset, failed, disable_reason, errored)
-    WHERE u.id = v.id
+    ) AS v(id, reset, failed, disable_reason, errored), held
+    WHERE u.id = v.id AND held.ok
 ), notified AS (
     SELECT pg_notify('selfheal_outcomes', count(*)::text) FROM records
 )
@@ -352,6 +362,13 @@ SET access_token = %(access_token)s,
 WHERE id = %(id)s
 RETURNING token_refreshed_at
 """
+# Recoveries in progress keep their leases (a backoff and three timeouts can outlast one).
+RENEW_LEASES: LiteralString = """
+UPDATE system_integrity_events
+SET lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
+WHERE lease_owner = %(owner)s AND status = 'pending'
+"""
+
 # On shutdown: records this daemon leased but did not finish are free again at once.
 RELEASE_RECORDS: LiteralString = """
 UPDATE system_integrity_events SET lease_owner = NULL, lease_expires_at = NULL

@@ -7,7 +7,7 @@ import hashlib
 import random
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -66,6 +66,7 @@ class Job:
     refresh_token: str | None = field(repr=False)
     connection_failures: int
     threshold_count: int
+    event_deleted: bool = False  # the integration_events row is gone (retention)
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> Job:
@@ -107,13 +108,18 @@ class Outcome:
         return self.status is Status.RESOLVED
 
 
-class TokenStore(Protocol):
-    """The database side of token refresh (serialized per user connection)."""
+class TokenSession(Protocol):
+    async def tokens(self) -> tuple[Any, ...] | None: ...
+    async def save(self, grant: TokenGrant) -> datetime: ...
+    async def mark_reauth_required(self, digest: str) -> None: ...
 
-    def refresh_lock(self, connection_id: uuid.UUID) -> Any: ...
-    async def connection_tokens(self, connection_id: uuid.UUID) -> tuple[Any, ...] | None: ...
-    async def save_tokens(self, connection_id: uuid.UUID, grant: TokenGrant) -> datetime: ...
-    async def mark_reauth_required(self, connection_id: uuid.UUID, digest: str) -> None: ...
+
+class TokenStore(Protocol):
+    """The database side of token refresh, serialized per user connection."""
+
+    def refresh_lock(
+        self, connection_id: uuid.UUID
+    ) -> AbstractAsyncContextManager[TokenSession]: ...
 
 
 def token_digest(token: str) -> str:
@@ -169,6 +175,8 @@ class Recoverer:
         self._limits = limits or RequestLimits(64, 8)
 
     async def recover(self, job: Job) -> Outcome:
+        if job.event_deleted:
+            return Outcome(job, Status.PENDING, "the event was deleted; nothing to replay")
         if not job.service_enabled:
             return Outcome(job, Status.DISABLED, f"recovery disabled for {job.service_name}")
         if job.category is Category.AUTH and not job.connection_enabled:
@@ -356,8 +364,8 @@ class Recoverer:
         """A token newer than `stale_before`: refreshed here, or by whoever refreshed it
         meanwhile (one refresh per connection, however many failures arrive at once)."""
         assert job.connection_id is not None and job.oauth_config is not None  # noqa: S101
-        async with self._tokens.refresh_lock(job.connection_id):
-            row = await self._tokens.connection_tokens(job.connection_id)
+        async with self._tokens.refresh_lock(job.connection_id) as session:
+            row = await session.tokens()
             if row is None:
                 raise RefreshFailed("the user connection no longer exists")
             access_token, refresh_token, refreshed_at, reauth_digest = row
@@ -377,11 +385,9 @@ class Recoverer:
                     )
             except RefreshFailed as exc:
                 if exc.reauthorize:
-                    await self._tokens.mark_reauth_required(
-                        job.connection_id, token_digest(refresh_token)
-                    )
+                    await session.mark_reauth_required(token_digest(refresh_token))
                 raise
-            refreshed_at = await self._tokens.save_tokens(job.connection_id, grant)
+            refreshed_at = await session.save(grant)
             log.info(
                 "recovery.token_refreshed",
                 event_id=str(job.event_id),

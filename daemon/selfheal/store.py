@@ -25,7 +25,8 @@ __all__ = ["DatabaseUnavailable", "Recorded", "Store"]
 
 
 class DatabaseUnavailable(Exception):
-    """Postgres cannot be reached right now; try again later (temporary)."""
+    """Postgres cannot be used right now (unreachable, restarting, read-only after a
+    failover, a privilege revoked): try again later."""
 
 
 class ServiceRegistrationFailed(Exception):
@@ -36,6 +37,18 @@ class ServiceRegistrationFailed(Exception):
 class Recorded:
     recovery_id: uuid.UUID
     diagnosis: Diagnosis
+
+
+# Errors of the database as a whole, not of one row: wait and try again.
+_UNAVAILABLE = (
+    psycopg.errors.ReadOnlySqlTransaction,
+    psycopg.errors.InsufficientPrivilege,
+    psycopg.errors.CannotConnectNow,
+    psycopg.errors.InsufficientResources,
+    psycopg.errors.DiskFull,
+    psycopg.errors.OutOfMemory,
+    psycopg.errors.TooManyConnections,
+)
 
 
 async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
@@ -71,6 +84,8 @@ class _Dedicated:
                     await self.close()
                     if fresh or attempt == 2:
                         raise DatabaseUnavailable(str(exc)) from exc
+                except _UNAVAILABLE as exc:
+                    raise DatabaseUnavailable(str(exc)) from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def close(self) -> None:
@@ -80,13 +95,14 @@ class _Dedicated:
 
 
 class Store:
-    def __init__(self, pool: AsyncConnectionPool[Any], conninfo: str) -> None:
+    def __init__(self, pool: AsyncConnectionPool[Any], conninfo: str, pool_size: int) -> None:
         self._pool = pool
         # Claims and records run on connections of their own, so that the claimer can
         # diagnose one batch while the previous one is being written.
         self._claims = _Dedicated(conninfo)
         self._records = _Dedicated(conninfo)
         self._refresh_locks: dict[uuid.UUID, anyio.Lock] = {}
+        self._refreshing = anyio.Semaphore(max(1, pool_size // 2))
 
     @classmethod
     @asynccontextmanager
@@ -102,7 +118,7 @@ class Store:
             name="selfheal",
         )
         await pool.open(wait=False)
-        store = cls(pool, conninfo)
+        store = cls(pool, conninfo, max_size)
         try:
             yield store
         finally:
@@ -115,7 +131,7 @@ class Store:
         try:
             async with self._pool.connection() as conn:
                 yield conn
-        except (psycopg.OperationalError, PoolTimeout) as exc:
+        except (psycopg.OperationalError, PoolTimeout, *_UNAVAILABLE) as exc:
             raise DatabaseUnavailable(str(exc)) from exc
 
     async def claim(self, limit: int, lease_seconds: float) -> list[ClaimedFailure]:
@@ -196,45 +212,25 @@ class Store:
         return int(row[0]) if row else 0
 
     @asynccontextmanager
-    async def refresh_lock(self, connection_id: uuid.UUID) -> AsyncIterator[None]:
-        """Held while one user connection's token is refreshed: in this process (so that
-        waiters hold no database connection) and across daemons (an advisory lock)."""
+    async def refresh_lock(self, connection_id: uuid.UUID) -> AsyncIterator[TokenSession]:
+        """Held while one user connection's token is refreshed: in this process (waiters
+        hold no database connection) and across daemons (an advisory lock). Reads and
+        writes of the tokens go through the lock's own connection, and refreshes at once
+        are capped, so refreshing can never take every connection of the pool."""
         local = self._refresh_locks.setdefault(connection_id, anyio.Lock())
-        async with local, self._connection() as conn:
+        async with local, self._refreshing, self._connection() as conn:
             await conn.execute(queries.LOCK_CONNECTION, {"id": connection_id})
             try:
-                yield
+                yield TokenSession(conn, connection_id)
             finally:
                 await conn.execute(queries.UNLOCK_CONNECTION, {"id": connection_id})
         if not local.statistics().tasks_waiting:
             self._refresh_locks.pop(connection_id, None)
 
-    async def connection_tokens(self, connection_id: uuid.UUID) -> tuple[Any, ...] | None:
-        async with self._connection() as conn:
-            cur = await conn.execute(queries.CONNECTION_TOKENS, {"id": connection_id})
-            return await cur.fetchone()
-
-    async def save_tokens(self, connection_id: uuid.UUID, grant: TokenGrant) -> datetime:
-        """Store the new tokens in one statement, committed before they are used."""
-        async with self._connection() as conn:
-            cur = await conn.execute(
-                queries.SAVE_TOKENS,
-                {
-                    "id": connection_id,
-                    "access_token": grant.access_token,
-                    "refresh_token": grant.refresh_token,
-                    "expires_in": grant.expires_in,
-                },
-            )
-            row = await cur.fetchone()
-        assert row is not None  # noqa: S101 - the row was read under the same lock
-        refreshed_at: datetime = row[0]
-        return refreshed_at
-
-    async def mark_reauth_required(self, connection_id: uuid.UUID, digest: str) -> None:
+    async def renew_leases(self, owner: str, lease_seconds: float) -> None:
         async with self._connection() as conn:
             await conn.execute(
-                queries.MARK_REAUTH_REQUIRED, {"id": connection_id, "digest": digest}
+                queries.RENEW_LEASES, {"owner": owner, "lease_seconds": lease_seconds}
             )
 
     async def release_records(self, owner: str) -> None:
@@ -348,6 +344,37 @@ def _columns(diagnoses: Sequence[Diagnosis]) -> dict[str, list[Any]]:
         "signals": [d.signals_json for d in diagnoses],
         "next_retry_at": [d.next_retry_at for d in diagnoses],
     }
+
+
+class TokenSession:
+    """The tokens of one user connection, read and written under its refresh lock."""
+
+    def __init__(self, conn: psycopg.AsyncConnection[Any], connection_id: uuid.UUID) -> None:
+        self._conn = conn
+        self._id = connection_id
+
+    async def tokens(self) -> tuple[Any, ...] | None:
+        cur = await self._conn.execute(queries.CONNECTION_TOKENS, {"id": self._id})
+        return await cur.fetchone()
+
+    async def save(self, grant: TokenGrant) -> datetime:
+        """Store the new tokens in one statement, committed before they are used."""
+        cur = await self._conn.execute(
+            queries.SAVE_TOKENS,
+            {
+                "id": self._id,
+                "access_token": grant.access_token,
+                "refresh_token": grant.refresh_token,
+                "expires_in": grant.expires_in,
+            },
+        )
+        row = await cur.fetchone()
+        assert row is not None  # noqa: S101 - the row was read under the same lock
+        refreshed_at: datetime = row[0]
+        return refreshed_at
+
+    async def mark_reauth_required(self, digest: str) -> None:
+        await self._conn.execute(queries.MARK_REAUTH_REQUIRED, {"id": self._id, "digest": digest})
 
 
 def _outcome_columns(outcomes: Sequence[Outcome]) -> dict[str, list[Any]]:

@@ -22,12 +22,28 @@ ALTER TABLE system_integrity_events
     ADD COLUMN IF NOT EXISTS lease_owner text,
     ADD COLUMN IF NOT EXISTS lease_expires_at timestamptz;
 
+-- NOT VALID: rows of an older table keep whatever status they had; new ones are checked.
 DO $$
 BEGIN
     ALTER TABLE system_integrity_events
         ADD CONSTRAINT system_integrity_events_status_check
-        CHECK (status IN ('pending', 'resolved', 'disabled'));
+        CHECK (status IN ('pending', 'resolved', 'disabled')) NOT VALID;
 EXCEPTION WHEN duplicate_object THEN NULL;
+END $$;
+
+-- One record per failed event. An older table may hold several rows for one event:
+-- say so plainly rather than fail on the index.
+DO $$
+DECLARE
+    doubled bigint;
+BEGIN
+    SELECT count(*) INTO doubled FROM (
+        SELECT event_id FROM system_integrity_events GROUP BY event_id HAVING count(*) > 1
+    ) AS d;
+    IF doubled > 0 THEN
+        RAISE EXCEPTION 'system_integrity_events has % event_id values with more than one row', doubled
+            USING HINT = 'Keep one row per event_id (e.g. the newest), then run selfheal migrate again.';
+    END IF;
 END $$;
 
 CREATE UNIQUE INDEX IF NOT EXISTS system_integrity_events_event_id_key

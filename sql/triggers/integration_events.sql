@@ -1,8 +1,10 @@
 -- Failures go to the inbox in the writer's transaction, and one NOTIFY per
 -- statement wakes the daemon: a bulk insert of 100,000 failures sends one hint.
--- Re-applied by every `selfheal migrate`.
+-- SECURITY DEFINER with the migration's search_path: the integration's role needs no
+-- rights on selfheal_inbox, and its own search_path cannot redirect the insert.
+-- Applied again by `selfheal migrate` whenever this file changes.
 CREATE OR REPLACE FUNCTION selfheal_enqueue_inserted_failures() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
 DECLARE
     queued bigint;
 BEGIN
@@ -18,7 +20,7 @@ BEGIN
 END $$;
 
 CREATE OR REPLACE FUNCTION selfheal_enqueue_updated_failures() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
 DECLARE
     queued bigint;
 BEGIN

@@ -169,3 +169,22 @@ def test_row_level_security_hides_tokens_from_other_roles(db_url: str) -> None:
             assert conn.execute("SELECT access_token FROM user_integrations").fetchall() == [
                 ("xoxb-secret",)
             ]
+
+
+async def test_an_old_table_with_several_rows_per_event_stops_with_a_clear_message(
+    databases: Databases,
+) -> None:
+    with databases.empty() as url:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(
+                """
+                CREATE TABLE system_integrity_events (
+                    id uuid PRIMARY KEY DEFAULT gen_random_uuid(), event_id uuid NOT NULL,
+                    service_name text NOT NULL, failure_category text, status text);
+                INSERT INTO system_integrity_events (event_id, service_name, status)
+                SELECT '00000000-0000-0000-0000-000000000001', 'slack', 'retrying'
+                FROM generate_series(1, 2);
+                """
+            )
+        with pytest.raises(psycopg.errors.RaiseException, match="more than one row"):
+            await apply_migrations(url)

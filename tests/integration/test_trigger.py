@@ -79,3 +79,26 @@ def test_rolled_back_failure_leaves_nothing(
         conn.rollback()
         assert _inbox(conn) == 0
     assert _drain_notifies(listener) == []
+
+
+def test_an_application_role_without_rights_on_the_inbox_can_write_failures(db_url: str) -> None:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute(
+            """
+            DO $$ BEGIN
+                IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'selfheal_test_writer') THEN
+                    CREATE ROLE selfheal_test_writer NOLOGIN;
+                END IF;
+            END $$;
+            GRANT INSERT, SELECT ON integration_events TO selfheal_test_writer;
+            """
+        )
+        with conn.transaction():
+            conn.execute("SET LOCAL ROLE selfheal_test_writer")
+            conn.execute("SET LOCAL search_path = pg_catalog")  # a hostile search_path too
+            conn.execute(
+                "INSERT INTO public.integration_events (service_name, status, http_status) "
+                "VALUES ('stripe', 'error', 500)"
+            )
+        assert _inbox(conn) == 1
+        conn.execute("REVOKE ALL ON integration_events FROM selfheal_test_writer")

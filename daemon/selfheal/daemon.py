@@ -17,7 +17,7 @@ from selfheal.listener import Listener
 from selfheal.logs import get_logger
 from selfheal.settings import Settings
 from selfheal.store import Store
-from selfheal.wakeup import Wakeup
+from selfheal.wakeup import Gate, Wakeup
 from selfheal.worker import Claimer, Scanner
 
 __all__ = ["owner_name", "run_daemon"]
@@ -38,12 +38,15 @@ def owner_name() -> str:
 async def run_daemon(settings: Settings, conninfo: str, listen_conninfo: str) -> None:
     owner = owner_name()
     claim_wakeup, scan_wakeup, heal_wakeup = Wakeup(), Wakeup(), Wakeup()
+    backlog = Gate()  # diagnosing a backlog goes before recovering it
     async with (
         Store.open(conninfo, max_size=settings.db_pool_size) as store,
-        open_healer(store, settings, heal_wakeup, owner) as healer,
+        open_healer(store, settings, heal_wakeup, owner, backlog) as healer,
     ):
         # New records are due at once: the healer hears of them as they are written.
-        claimer = Claimer(store, settings, claim_wakeup, on_recorded=lambda _: heal_wakeup.set())
+        claimer = Claimer(
+            store, settings, claim_wakeup, on_recorded=lambda _: heal_wakeup.set(), backlog=backlog
+        )
         scanner = Scanner(store, settings, scan_wakeup, claim_wakeup)
 
         def catch_up() -> None:

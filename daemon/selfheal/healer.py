@@ -20,7 +20,7 @@ from selfheal.policy import Thresholds
 from selfheal.recovery import Job, Outcome, Recoverer, RequestLimits
 from selfheal.settings import Settings
 from selfheal.store import DatabaseUnavailable, ServiceRegistrationFailed, Store
-from selfheal.wakeup import Wakeup, reconnect_delay
+from selfheal.wakeup import Gate, Wakeup, reconnect_delay
 
 __all__ = ["Healer", "open_healer"]
 
@@ -32,7 +32,7 @@ _CRASH_RETRY = timedelta(minutes=5)
 
 @asynccontextmanager
 async def open_healer(
-    store: Store, settings: Settings, wakeup: Wakeup, owner: str
+    store: Store, settings: Settings, wakeup: Wakeup, owner: str, backlog: Gate | None = None
 ) -> AsyncIterator[Healer]:
     """A healer with its HTTP clients, closed when it is done."""
     clients = HttpClients(settings.http_timeout_seconds, settings.service_concurrency)
@@ -45,7 +45,7 @@ async def open_healer(
             limits=RequestLimits(settings.max_concurrency, settings.service_concurrency),
             max_wait=settings.max_retry_wait_seconds,
         )
-        yield Healer(store, settings, recoverer, wakeup, owner, clock)
+        yield Healer(store, settings, recoverer, wakeup, owner, clock, backlog=backlog)
     finally:
         with anyio.CancelScope(shield=True):
             await clients.aclose()
@@ -65,7 +65,9 @@ class Healer:
         owner: str,
         clock: Callable[[], datetime],
         thresholds: Thresholds | None = None,
+        backlog: Gate | None = None,
     ) -> None:
+        self._backlog = backlog or Gate()  # closed while the claimer drains a backlog
         self._store = store
         self._settings = settings
         self._recoverer = recoverer
@@ -104,6 +106,7 @@ class Healer:
         failures = 0
         poll = self._settings.poll_interval_seconds
         while not self._stopping:
+            await self._backlog.wait_open()
             free = self._capacity - self._active
             try:
                 if free > 0:

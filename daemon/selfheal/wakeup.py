@@ -6,7 +6,7 @@ import random
 
 import anyio
 
-__all__ = ["Wakeup", "reconnect_delay"]
+__all__ = ["Gate", "Wakeup", "reconnect_delay"]
 
 
 class Wakeup:
@@ -27,6 +27,24 @@ class Wakeup:
         if woken:
             self._event = anyio.Event()
         return woken
+
+
+class Gate:
+    """Open unless closed: `wait_open()` returns at once while it is open."""
+
+    def __init__(self) -> None:
+        self._open = anyio.Event()
+        self._open.set()
+
+    def close(self) -> None:
+        if self._open.is_set():
+            self._open = anyio.Event()
+
+    def open(self) -> None:
+        self._open.set()
+
+    async def wait_open(self) -> None:
+        await self._open.wait()
 
 
 def reconnect_delay(attempt: int, cap: float, rand: float | None = None) -> float:

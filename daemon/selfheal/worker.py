@@ -18,7 +18,7 @@ from selfheal.logs import first_line, get_logger
 from selfheal.sanitize import scrub_text
 from selfheal.settings import Settings
 from selfheal.store import DatabaseUnavailable, Recorded, Store
-from selfheal.wakeup import Wakeup, reconnect_delay
+from selfheal.wakeup import Gate, Wakeup, reconnect_delay
 
 __all__ = ["Claimer", "Scanner"]
 
@@ -78,10 +78,13 @@ class Claimer(_Loop):
         wakeup: Wakeup,
         on_recorded: Callable[[list[Recorded]], None] = lambda _: None,
         clock: Clock = utcnow,
+        backlog: Gate | None = None,
     ) -> None:
         super().__init__(store, settings, wakeup)
         self._on_recorded = on_recorded
         self._clock = clock
+        # Closed while a backlog drains (full batches): diagnoses go first, recovery waits.
+        self._backlog = backlog or Gate()
 
     async def step(self) -> None:
         await self.drain()
@@ -108,6 +111,7 @@ class Claimer(_Loop):
                         if len(claimed) < limit:
                             total += len(await self._write(batch))
                             break
+                        self._backlog.close()
                         writing = _Background(tg, partial(self._write, overlap=True), batch)
                     if writing is not None:
                         total += len(await writing.result())
@@ -115,10 +119,12 @@ class Claimer(_Loop):
                     error = exc
                     tg.cancel_scope.cancel()
         except anyio.get_cancelled_exc_class():
+            self._backlog.open()
             # Shutdown ran out of grace: hand the batches back now, not at lease expiry.
             with anyio.CancelScope(shield=True), anyio.move_on_after(2):
                 await self._store.release([i for ids in in_flight for i in ids])
             raise
+        self._backlog.open()
         if error is not None:
             if isinstance(error, DatabaseUnavailable):
                 # Best effort: else these wait for their lease to run out.

@@ -51,8 +51,6 @@ CREATE UNIQUE INDEX IF NOT EXISTS system_integrity_events_event_id_key
 -- The recovery timer: due pending work, earliest first.
 CREATE INDEX IF NOT EXISTS system_integrity_events_due_idx
     ON system_integrity_events (next_retry_at) WHERE status = 'pending';
-CREATE INDEX IF NOT EXISTS system_integrity_events_service_idx
-    ON system_integrity_events (service_name, created_at);
 
 -- Failures waiting for a diagnosis. The trigger fills it in the writer's own
 -- transaction, so a failure is never lost between commit and daemon.

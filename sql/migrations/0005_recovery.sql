@@ -12,6 +12,7 @@ ALTER TABLE user_integrations
     ADD COLUMN IF NOT EXISTS reauth_required_at timestamptz,
     ADD COLUMN IF NOT EXISTS reauth_token_digest text;
 
--- Threshold counts: a service's recent failures of one category.
+-- Threshold counts: a service's recent failures of one category (and, by its prefix,
+-- any lookup of a service's records).
 CREATE INDEX IF NOT EXISTS system_integrity_events_threshold_idx
     ON system_integrity_events (service_name, failure_category, created_at);

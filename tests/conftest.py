@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -9,6 +10,11 @@ import psycopg
 import pytest
 
 from tests.support.postgres import Databases, PostgresServer, find_server
+
+# The stand-ins for Slack, the token endpoint and the APIs are on loopback: never proxied.
+os.environ["NO_PROXY"] = ",".join(
+    filter(None, [os.environ.get("NO_PROXY", ""), "127.0.0.1", "localhost"])
+)
 
 
 @pytest.fixture(scope="session")

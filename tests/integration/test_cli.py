@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -12,6 +13,7 @@ import pytest
 
 from selfheal.cli import classify, main
 from tests.support.events import insert_failure
+from tests.support.http import Response, StubServer
 
 Conn = psycopg.Connection[tuple[object, ...]]
 
@@ -140,3 +142,33 @@ def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     for command in ("migrate", "run", "heal", "scan", "classify", "inject", "status", "enable"):
         assert command in out
+
+
+def test_heal_reports_the_real_outcome(env: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with StubServer() as api, psycopg.connect(env, autocommit=True) as conn:
+        api.route("POST", "/ok", [Response(503), Response(200, {"ok": True})])
+        healed = insert_failure(
+            conn,
+            http_status=503,
+            error_code=None,
+            error_message="unavailable",
+            endpoint=api.url + "/ok",
+        )
+        limited = insert_failure(
+            conn,
+            service_name="github",
+            http_status=429,
+            error_code=None,
+            error_message="slow down",
+            response_headers={"retry-after": "120"},
+            endpoint=api.url + "/later",
+        )
+        code, body = run(capsys, "heal", str(healed))
+        assert code == 0
+        assert (body["status"], body["category"]) == ("resolved", "network")
+        assert "retry_scheduled" not in body
+        code, body = run(capsys, "heal", str(limited))
+        assert (body["status"], body["category"]) == ("pending", "rate_limit")
+        assert body["retry_scheduled"] is True
+        assert body["next_retry_at"] > datetime.now(UTC).isoformat()
+        assert api.requests("/later") == []

@@ -90,46 +90,57 @@ class Claimer(_Loop):
         await self.drain()
 
     async def drain(self) -> int:
-        """Claim and record batches until the inbox has nothing due. Batch N is written
-        while batch N+1 is claimed and diagnosed: Postgres and Python work side by side."""
-        total = 0
+        """Claim and record batches until the inbox has nothing due."""
         limit = self._settings.batch_size
-        # The batches not yet written: at most the one being written and the next one.
-        in_flight: deque[list[uuid.UUID]] = deque(maxlen=2)
-        writing: _Background | None = None
-        error: Exception | None = None
+        claimed = await self._store.claim(limit, self._settings.lease_seconds)
+        in_flight: deque[list[uuid.UUID]] = deque([[c.event_id for c in claimed]], maxlen=2)
         try:
-            async with anyio.create_task_group() as tg:
-                try:
-                    while not self._stopping:
-                        claimed = await self._store.claim(limit, self._settings.lease_seconds)
-                        in_flight.append([c.event_id for c in claimed])
-                        batch = self._diagnose(claimed)
-                        if writing is not None:
-                            total += len(await writing.result())
-                            writing = None
-                        if len(claimed) < limit:
-                            total += len(await self._write(batch))
-                            break
-                        self._backlog.close()
-                        writing = _Background(tg, partial(self._write, overlap=True), batch)
-                    if writing is not None:
-                        total += len(await writing.result())
-                except Exception as exc:  # raised as itself, not in an ExceptionGroup
-                    error = exc
-                    tg.cancel_scope.cancel()
+            if len(claimed) < limit:  # a few failures, the common case: write them now
+                return len(await self._write(self._diagnose(claimed)))
+            self._backlog.close()
+            try:
+                return await self._drain_backlog(claimed, in_flight)
+            finally:
+                self._backlog.open()
         except anyio.get_cancelled_exc_class():
-            self._backlog.open()
             # Shutdown ran out of grace: hand the batches back now, not at lease expiry.
             with anyio.CancelScope(shield=True), anyio.move_on_after(2):
                 await self._store.release([i for ids in in_flight for i in ids])
             raise
-        self._backlog.open()
+        except DatabaseUnavailable:
+            # Best effort: else these wait for their lease to run out.
+            with contextlib.suppress(DatabaseUnavailable):
+                await self._store.release([i for ids in in_flight for i in ids])
+            raise
+
+    async def _drain_backlog(
+        self, claimed: list[ClaimedFailure], in_flight: deque[list[uuid.UUID]]
+    ) -> int:
+        """Batch N is written while batch N+1 is claimed and diagnosed: Postgres and
+        Python work side by side. `in_flight` holds the batches not yet written."""
+        total = 0
+        limit = self._settings.batch_size
+        writing: _Background | None = None
+        error: Exception | None = None
+        async with anyio.create_task_group() as tg:
+            try:
+                while True:
+                    batch = self._diagnose(claimed)
+                    if writing is not None:
+                        total += len(await writing.result())
+                        writing = None
+                    if len(claimed) < limit or self._stopping:
+                        total += len(await self._write(batch))
+                        break
+                    writing = _Background(tg, partial(self._write, overlap=True), batch)
+                    claimed = await self._store.claim(limit, self._settings.lease_seconds)
+                    in_flight.append([c.event_id for c in claimed])
+                if writing is not None:
+                    total += len(await writing.result())
+            except Exception as exc:  # raised as itself, not in an ExceptionGroup
+                error = exc
+                tg.cancel_scope.cancel()
         if error is not None:
-            if isinstance(error, DatabaseUnavailable):
-                # Best effort: else these wait for their lease to run out.
-                with contextlib.suppress(DatabaseUnavailable):
-                    await self._store.release([i for ids in in_flight for i in ids])
             raise error
         return total
 

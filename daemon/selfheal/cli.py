@@ -132,13 +132,7 @@ Command = Callable[[Settings, str, argparse.Namespace], Awaitable[int]]
 
 
 async def _with_database(command: Command, settings: Settings, args: argparse.Namespace) -> int:
-    conninfo = _conninfo(settings)
-    if (args.command == "run" and not args.no_migrate) or args.command == "migrate":
-        result = await apply_migrations(conninfo)
-        log.info("migrate.done", applied=list(result.applied))
-        if args.command == "migrate":
-            return EXIT_OK
-    return await command(settings, conninfo, args)
+    return await command(settings, _conninfo(settings), args)
 
 
 def _conninfo(settings: Settings) -> str:
@@ -153,13 +147,17 @@ def _conninfo(settings: Settings) -> str:
 
 
 async def cmd_run(settings: Settings, conninfo: str, args: argparse.Namespace) -> int:
+    if not args.no_migrate:
+        await cmd_migrate(settings, conninfo, args)
     listen = settings.listen_database_url
     await run_daemon(settings, conninfo, listen.get_secret_value() if listen else conninfo)
     return EXIT_OK
 
 
 async def cmd_migrate(settings: Settings, conninfo: str, args: argparse.Namespace) -> int:
-    return EXIT_OK  # done in _with_database
+    result = await apply_migrations(conninfo)
+    log.info("migrate.done", applied=list(result.applied))
+    return EXIT_OK
 
 
 async def cmd_heal(settings: Settings, conninfo: str, args: argparse.Namespace) -> int:

@@ -8,15 +8,12 @@ python -m bench.backlog_memory [--count 1000000]
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import psycopg
 
-from bench.common import bench_databases
+from bench.common import bench_databases, quiet_daemon
 from tests.support.events import assert_exactly_one_record_per_failure, insert_burst
 
 
@@ -42,26 +39,15 @@ def main() -> None:
                 print(f"backlog of {args.count:,} written in {time.perf_counter() - started:.1f} s")
             with psycopg.connect(url, autocommit=True) as listener:
                 listener.execute("LISTEN selfheal_recorded")
-                env = {**os.environ, "DATABASE_URL": url, "SELFHEAL_LOG_FORMAT": "json"}
-                daemon = subprocess.Popen(
-                    [sys.executable, "-m", "selfheal", "run"],
-                    env=env,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-                started = time.perf_counter()
                 recorded = 0
-                peak = 0.0
-                try:
+                with quiet_daemon(url) as daemon:
+                    started = time.perf_counter()  # from the daemon's start-up on
                     for notify in listener.notifies(timeout=1800):
                         recorded += int(notify.payload)
                         if recorded >= args.count:
                             break
                     elapsed = time.perf_counter() - started
                     peak = peak_rss_mb(daemon.pid)
-                finally:
-                    daemon.terminate()
-                    daemon.wait(30)
             with psycopg.connect(url) as conn:
                 assert_exactly_one_record_per_failure(conn)
     finally:

@@ -14,10 +14,8 @@ import time
 
 import psycopg
 
-from bench.common import DaemonProcess, bench_databases, percentile, summary
+from bench.common import bench_databases, percentile, quiet_daemon, summary
 from tests.support.events import insert_failure
-
-DAEMON_ENV: dict[str, str] = {}
 
 
 def measure(url: str, channel: str, samples: int) -> list[float]:
@@ -59,14 +57,9 @@ def main() -> None:
             measure(url, "selfheal_failures", 50)  # warm-up
             baseline = measure(url, "selfheal_failures", args.samples)
         with dbs.fresh() as url:
-            daemon = DaemonProcess(url, **DAEMON_ENV)
-            try:
-                daemon.started()
+            with quiet_daemon(url):
                 measure(url, "selfheal_recorded", 50)  # warm-up
                 with_daemon = measure(url, "selfheal_recorded", args.samples)
-            finally:
-                daemon.terminate()
-                daemon.close()
     finally:
         dbs.close()
     print(f"baseline (insert + NOTIFY, no daemon): {summary(baseline)}")

@@ -11,15 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import time
 import urllib.request
 
 import psycopg
 
-from bench.common import bench_databases
+from bench.common import bench_databases, quiet_daemon
 from bench.recovery_latency import fast_endpoint
 
 INSERT = """
@@ -40,47 +37,33 @@ def main() -> None:
     cap = 8
     dbs = bench_databases()
     try:
-        with dbs.fresh() as url, fast_endpoint() as endpoint:
-            env = {
-                **os.environ,
-                "DATABASE_URL": url,
-                "SELFHEAL_LOG_FORMAT": "json",
-                "SELFHEAL_SERVICE_CONCURRENCY": str(cap),
-                "NO_PROXY": "127.0.0.1",
-            }
-            daemon = subprocess.Popen(
-                [sys.executable, "-m", "selfheal", "run"],
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            try:
-                with (
-                    psycopg.connect(url, autocommit=True) as listener,
-                    psycopg.connect(url, autocommit=True) as writer,
-                ):
-                    listener.execute("LISTEN selfheal_outcomes")
-                    _wait_for_daemon(writer)
-                    writer.execute(
-                        INSERT,
-                        {"services": args.services, "endpoint": endpoint, "count": args.count},
-                    )
-                    committed = time.perf_counter()
-                    first = last = 0.0
-                    done = 0
-                    for notify in listener.notifies(timeout=300):
-                        now = time.perf_counter()
-                        first = first or now
-                        last = now
-                        done += int(notify.payload)
-                        if done >= args.count:
-                            break
-                    resolved = writer.execute(
-                        "SELECT count(*) FROM system_integrity_events WHERE status = 'resolved'"
-                    ).fetchone()
-            finally:
-                daemon.terminate()
-                daemon.wait(30)
+        with (
+            dbs.fresh() as url,
+            fast_endpoint() as endpoint,
+            quiet_daemon(url, SELFHEAL_SERVICE_CONCURRENCY=str(cap)),
+        ):
+            with (
+                psycopg.connect(url, autocommit=True) as listener,
+                psycopg.connect(url, autocommit=True) as writer,
+            ):
+                listener.execute("LISTEN selfheal_outcomes")
+                writer.execute(
+                    INSERT,
+                    {"services": args.services, "endpoint": endpoint, "count": args.count},
+                )
+                committed = time.perf_counter()
+                first = last = 0.0
+                done = 0
+                for notify in listener.notifies(timeout=300):
+                    now = time.perf_counter()
+                    first = first or now
+                    last = now
+                    done += int(notify.payload)
+                    if done >= args.count:
+                        break
+                resolved = writer.execute(
+                    "SELECT count(*) FROM system_integrity_events WHERE status = 'resolved'"
+                ).fetchone()
             with urllib.request.urlopen(endpoint + "/stats", timeout=5) as response:  # noqa: S310
                 stats = json.load(response)
     finally:
@@ -96,18 +79,6 @@ def main() -> None:
     )
     print(f"recoveries per second: {done / (last - first):,.0f} (target: 2,000/s)")
     print(f"peak requests in flight to one service: {peak} (cap {cap})")
-
-
-def _wait_for_daemon(conn: psycopg.Connection[tuple[object, ...]]) -> None:
-    """The daemon listens once it is ready."""
-    for _ in range(600):
-        row = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN%%'"
-        ).fetchone()
-        if row and row[0] >= 2:  # the daemon's and ours
-            return
-        time.sleep(0.05)
-    raise TimeoutError("the daemon did not start")
 
 
 if __name__ == "__main__":

@@ -127,7 +127,6 @@ class Store:
             kwargs={"autocommit": True},
             open=False,
             timeout=5.0,
-            reconnect_timeout=0,  # never give up; the daemon logs and waits
             name="selfheal",
         )
         await pool.open(wait=False)

@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from selfheal.logs import first_line, get_logger
-from selfheal.models import Status
+from selfheal.models import Clock, Status, utcnow
 from selfheal.outbound import HttpClients
 from selfheal.policy import Thresholds
 from selfheal.recovery import Job, Outcome, Recoverer, RequestLimits
@@ -51,10 +51,6 @@ async def open_healer(
             await clients.aclose()
 
 
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
 class Healer:
     def __init__(
         self,
@@ -63,7 +59,7 @@ class Healer:
         recoverer: Recoverer,
         wakeup: Wakeup,
         owner: str,
-        clock: Callable[[], datetime],
+        clock: Clock,
         thresholds: Thresholds | None = None,
         backlog: Gate | None = None,
     ) -> None:

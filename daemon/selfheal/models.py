@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
+
+Clock = Callable[[], datetime]
+
+
+def utcnow() -> datetime:
+    """The daemon's clock; the pure core is handed one instead of reading it."""
+    return datetime.now(UTC)
 
 
 class Category(enum.StrEnum):

@@ -17,7 +17,7 @@ import anyio
 from selfheal.analyzer import analyze
 from selfheal.diagnose import failure_reason
 from selfheal.logs import get_logger
-from selfheal.models import Category, Failure, Status
+from selfheal.models import Category, Clock, Failure, Status
 from selfheal.outbound import (
     HttpClients,
     RefreshFailed,
@@ -127,7 +127,6 @@ def token_digest(token: str) -> str:
 
 
 Sleep = Callable[[float], Awaitable[None]]
-Clock = Callable[[], datetime]
 
 
 class RequestLimits:

@@ -7,7 +7,6 @@ import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from functools import partial
 
 import anyio
@@ -15,6 +14,7 @@ from anyio.abc import TaskGroup
 
 from selfheal.diagnose import ClaimedFailure, Diagnosis, diagnose, parked_signals
 from selfheal.logs import first_line, get_logger
+from selfheal.models import Clock, utcnow
 from selfheal.sanitize import scrub_text
 from selfheal.settings import Settings
 from selfheal.store import DatabaseUnavailable, Recorded, Store
@@ -23,12 +23,6 @@ from selfheal.wakeup import Gate, Wakeup, reconnect_delay
 __all__ = ["Claimer", "Scanner"]
 
 log = get_logger()
-
-Clock = Callable[[], datetime]
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 class _Loop:

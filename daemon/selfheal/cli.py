@@ -14,16 +14,16 @@ import orjson
 from psycopg.types.json import Jsonb
 
 from selfheal import __version__
-from selfheal.analyzer import analyze
+from selfheal.core.analyzer import analyze
 from selfheal.daemon import owner_name, run_daemon
-from selfheal.healer import open_healer
+from selfheal.db.migrate import apply_migrations
+from selfheal.db.store import DatabaseUnavailable, Recorded, Store
 from selfheal.logs import configure_logging, first_line, get_logger
-from selfheal.migrate import apply_migrations
 from selfheal.models import Failure, Status
+from selfheal.services.base import Wakeup
+from selfheal.services.claimer import Claimer
+from selfheal.services.healer import open_healer
 from selfheal.settings import ConfigError, Settings, load_settings
-from selfheal.store import DatabaseUnavailable, Recorded, Store
-from selfheal.wakeup import Wakeup
-from selfheal.worker import Claimer
 
 __all__ = ["main"]
 
@@ -138,7 +138,7 @@ async def _with_database(command: Command, settings: Settings, args: argparse.Na
 def _conninfo(settings: Settings) -> str:
     if settings.database_url is not None:
         return settings.database_url.get_secret_value()
-    from selfheal.embedded import default_data_dir, start_embedded
+    from selfheal.db.embedded import default_data_dir, start_embedded
 
     data_dir = Path(settings.data_dir) if settings.data_dir else default_data_dir()
     conninfo = start_embedded(data_dir)

@@ -12,13 +12,13 @@ import anyio
 from anyio import CancelScope
 from anyio.abc import TaskStatus
 
-from selfheal.healer import open_healer
-from selfheal.listener import Listener
+from selfheal.db.store import Store
 from selfheal.logs import get_logger
+from selfheal.services.base import Gate, Wakeup
+from selfheal.services.claimer import Claimer, Scanner
+from selfheal.services.healer import open_healer
+from selfheal.services.listener import Listener
 from selfheal.settings import Settings
-from selfheal.store import Store
-from selfheal.wakeup import Gate, Wakeup
-from selfheal.worker import Claimer, Scanner
 
 __all__ = ["owner_name", "run_daemon"]
 

@@ -9,7 +9,7 @@ from typing import Any, TextIO
 import orjson
 import structlog
 
-from selfheal.sanitize import scrub, scrub_text
+from selfheal.core.sanitize import scrub, scrub_text
 from selfheal.settings import Settings
 
 __all__ = ["configure_logging", "first_line", "get_logger"]

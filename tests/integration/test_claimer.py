@@ -9,10 +9,10 @@ import anyio
 import psycopg
 import pytest
 
+from selfheal.db.store import Store
+from selfheal.services.base import Wakeup
+from selfheal.services.claimer import Claimer, Scanner
 from selfheal.settings import Settings
-from selfheal.store import Store
-from selfheal.wakeup import Wakeup
-from selfheal.worker import Claimer, Scanner
 from tests.support.events import (
     assert_exactly_one_record_per_failure,
     insert_burst,

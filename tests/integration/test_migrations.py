@@ -10,7 +10,7 @@ import anyio
 import psycopg
 import pytest
 
-from selfheal.migrate import apply_migrations, sql_root
+from selfheal.db.migrate import apply_migrations, sql_root
 from tests.support.postgres import Databases
 
 pytestmark = pytest.mark.anyio

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from selfheal.outbound import HttpClients, ReplayRequest, replay
+from selfheal.http.outbound import HttpClients, ReplayRequest, replay
 from tests.support.http import Response, StubServer
 
 pytestmark = pytest.mark.anyio

@@ -20,15 +20,15 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-from selfheal.healer import Healer
+from selfheal.core.policy import idempotency_key, jitter
+from selfheal.db.store import Store
+from selfheal.http.outbound import HttpClients
 from selfheal.logs import configure_logging
-from selfheal.outbound import HttpClients
-from selfheal.policy import idempotency_key, jitter
-from selfheal.recovery import Outcome, Recoverer, RequestLimits
+from selfheal.services.base import Wakeup
+from selfheal.services.claimer import Claimer
+from selfheal.services.execute import Outcome, Recoverer, RequestLimits
+from selfheal.services.healer import Healer
 from selfheal.settings import Settings
-from selfheal.store import Store
-from selfheal.wakeup import Wakeup
-from selfheal.worker import Claimer
 from tests.support.events import insert_failure
 from tests.support.http import (
     DEFAULT_CLIENT_ID,

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from selfheal import queries
+from selfheal.db import queries
 from tests.support.events import insert_burst, insert_failure
 
 

@@ -15,8 +15,8 @@ import anyio
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from selfheal.embedded import start_embedded
-from selfheal.migrate import apply_migrations
+from selfheal.db.embedded import start_embedded
+from selfheal.db.migrate import apply_migrations
 
 
 @dataclass

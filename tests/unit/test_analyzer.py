@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from selfheal.analyzer import MAX_SIGNAL_LENGTH, MAX_SIGNALS, analyze
+from selfheal.core.analyzer import MAX_SIGNAL_LENGTH, MAX_SIGNALS, analyze
 from selfheal.models import Analysis, Category, Failure
 
 CASES_PATH = Path(__file__).with_name("analyzer_cases.jsonl")

@@ -9,9 +9,9 @@ import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
-from selfheal.diagnose import ClaimedFailure, diagnose, failure_reason
+from selfheal.core.diagnose import ClaimedFailure, diagnose, failure_reason
 from selfheal.models import Category, Failure
-from selfheal.wakeup import reconnect_delay
+from selfheal.services.base import reconnect_delay
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 

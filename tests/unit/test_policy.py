@@ -12,8 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from selfheal.models import Category
-from selfheal.policy import (
+from selfheal.core.policy import (
     DEFAULT_MAX_WAIT,
     SHORT_WAIT_LIMIT,
     Thresholds,
@@ -32,6 +31,7 @@ from selfheal.policy import (
     retry_delays,
     schedule_retry,
 )
+from selfheal.models import Category
 
 NOW = datetime(2025, 11, 29, 15, 0, tzinfo=UTC)  # a Saturday
 EPOCH_NOW = int(NOW.timestamp())

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from selfheal.sanitize import (
+from selfheal.core.sanitize import (
     MIN_MAX_LENGTH,
     REDACTED,
     scrub,

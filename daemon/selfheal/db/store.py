@@ -14,13 +14,13 @@ import psycopg
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from selfheal import queries
-from selfheal.diagnose import ClaimedFailure, Diagnosis
+from selfheal.core.diagnose import ClaimedFailure, Diagnosis
+from selfheal.core.policy import Thresholds
+from selfheal.db import queries
+from selfheal.http.outbound import TokenGrant
 from selfheal.logs import first_line
 from selfheal.models import Category, Status
-from selfheal.outbound import TokenGrant
-from selfheal.policy import Thresholds
-from selfheal.recovery import Job, Outcome
+from selfheal.services.execute import Job, Outcome
 
 __all__ = ["DatabaseUnavailable", "Recorded", "Store"]
 

@@ -12,13 +12,13 @@ from functools import partial
 import anyio
 from anyio.abc import TaskGroup
 
-from selfheal.diagnose import ClaimedFailure, Diagnosis, diagnose, parked_signals
+from selfheal.core.diagnose import ClaimedFailure, Diagnosis, diagnose, parked_signals
+from selfheal.core.sanitize import scrub_text
+from selfheal.db.store import DatabaseUnavailable, Recorded, Store
 from selfheal.logs import first_line, get_logger
 from selfheal.models import Clock, utcnow
-from selfheal.sanitize import scrub_text
+from selfheal.services.base import Gate, Wakeup, reconnect_delay
 from selfheal.settings import Settings
-from selfheal.store import DatabaseUnavailable, Recorded, Store
-from selfheal.wakeup import Gate, Wakeup, reconnect_delay
 
 __all__ = ["Claimer", "Scanner"]
 

@@ -10,9 +10,9 @@ import psycopg
 from anyio.abc import TaskStatus
 from psycopg import sql
 
-from selfheal import queries
+from selfheal.db import queries
 from selfheal.logs import first_line, get_logger
-from selfheal.wakeup import reconnect_delay
+from selfheal.services.base import reconnect_delay
 
 __all__ = ["Listener"]
 

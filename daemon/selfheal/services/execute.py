@@ -14,11 +14,17 @@ from typing import Any, Protocol
 
 import anyio
 
-from selfheal.analyzer import analyze
-from selfheal.diagnose import failure_reason
-from selfheal.logs import get_logger
-from selfheal.models import Category, Clock, Failure, Status
-from selfheal.outbound import (
+from selfheal.core.analyzer import analyze
+from selfheal.core.diagnose import failure_reason
+from selfheal.core.policy import (
+    SHORT_WAIT_LIMIT,
+    Thresholds,
+    crosses_threshold,
+    rate_limit_wait,
+    retry_delays,
+    schedule_retry,
+)
+from selfheal.http.outbound import (
     HttpClients,
     RefreshFailed,
     ReplayRequest,
@@ -28,14 +34,8 @@ from selfheal.outbound import (
     replay,
     replayable,
 )
-from selfheal.policy import (
-    SHORT_WAIT_LIMIT,
-    Thresholds,
-    crosses_threshold,
-    rate_limit_wait,
-    retry_delays,
-    schedule_retry,
-)
+from selfheal.logs import get_logger
+from selfheal.models import Category, Clock, Failure, Status
 
 __all__ = ["Job", "Outcome", "Recoverer", "RequestLimits", "TokenStore", "token_digest"]
 

@@ -19,8 +19,8 @@ import httpx
 import orjson
 
 from selfheal import __version__
-from selfheal.aionet import AsyncioBackend
-from selfheal.policy import idempotency_key, needs_reauthorization
+from selfheal.core.policy import idempotency_key, needs_reauthorization
+from selfheal.http.aionet import AsyncioBackend
 
 __all__ = [
     "ATTEMPT_HEADER",

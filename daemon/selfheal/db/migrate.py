@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psycopg
 
-from selfheal import queries
+from selfheal.db import queries
 
 __all__ = ["MigrationResult", "apply_migrations", "sql_root"]
 
@@ -28,7 +28,7 @@ def sql_root() -> Traversable:
     packaged = resources.files("selfheal") / "sql"
     if packaged.is_dir():
         return packaged
-    return Path(__file__).resolve().parents[2] / "sql"
+    return Path(__file__).resolve().parents[3] / "sql"
 
 
 def _sql_files(folder: Traversable) -> list[Traversable]:

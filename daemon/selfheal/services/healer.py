@@ -13,14 +13,14 @@ from datetime import timedelta
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from selfheal.core.policy import Thresholds
+from selfheal.db.store import DatabaseUnavailable, ServiceRegistrationFailed, Store
+from selfheal.http.outbound import HttpClients
 from selfheal.logs import first_line, get_logger
 from selfheal.models import Clock, Status, utcnow
-from selfheal.outbound import HttpClients
-from selfheal.policy import Thresholds
-from selfheal.recovery import Job, Outcome, Recoverer, RequestLimits
+from selfheal.services.base import Gate, Wakeup, reconnect_delay
+from selfheal.services.execute import Job, Outcome, Recoverer, RequestLimits
 from selfheal.settings import Settings
-from selfheal.store import DatabaseUnavailable, ServiceRegistrationFailed, Store
-from selfheal.wakeup import Gate, Wakeup, reconnect_delay
 
 __all__ = ["Healer", "open_healer"]
 

@@ -9,10 +9,10 @@ from typing import Any
 
 import orjson
 
-from selfheal.analyzer import analyze
+from selfheal.core.analyzer import analyze
+from selfheal.core.policy import planned_action
+from selfheal.core.sanitize import scrub, scrub_text, shape
 from selfheal.models import Analysis, Category, Failure
-from selfheal.policy import planned_action
-from selfheal.sanitize import scrub, scrub_text, shape
 
 __all__ = ["ClaimedFailure", "Diagnosis", "diagnose", "parked_signals"]
 

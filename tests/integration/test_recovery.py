@@ -20,7 +20,7 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-from selfheal.core.policy import idempotency_key, jitter
+from selfheal.core.retry import idempotency_key, jitter
 from selfheal.db.store import Store
 from selfheal.http.outbound import HttpClients
 from selfheal.logs import configure_logging

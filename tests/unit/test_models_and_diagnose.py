@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from selfheal.core.diagnose import ClaimedFailure, diagnose, failure_reason
+from selfheal.core.retry import reconnect_delay
 from selfheal.models import Category, Failure
-from selfheal.services.base import reconnect_delay
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 

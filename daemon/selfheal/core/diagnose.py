@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -10,13 +11,14 @@ from typing import Any
 import orjson
 
 from selfheal.core.analyzer import analyze
-from selfheal.core.policy import planned_action
+from selfheal.core.plan import planned_action
 from selfheal.core.sanitize import scrub, scrub_text, shape
 from selfheal.models import Analysis, Category, Failure
 
-__all__ = ["ClaimedFailure", "Diagnosis", "diagnose", "parked_signals"]
+__all__ = ["ClaimedFailure", "Diagnosis", "diagnose", "needs_reauthorization", "parked_signals"]
 
 _REASON_LENGTH = 1000
+_INVALID_GRANT = re.compile(r"\binvalid_grant\b", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,3 +107,11 @@ def parked_signals(error: str, attempts: int) -> str:
             "attempts": attempts,
         }
     ).decode()
+
+
+def needs_reauthorization(oauth_error: str | None) -> bool:
+    """Whether a failed token refresh means the user must re-authorize (``invalid_grant``).
+
+    Accepts the OAuth ``error`` field or the raw token-endpoint body.
+    """
+    return oauth_error is not None and _INVALID_GRANT.search(oauth_error) is not None

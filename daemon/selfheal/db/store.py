@@ -15,7 +15,7 @@ from psycopg import sql
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from selfheal.core.diagnose import ClaimedFailure, Diagnosis
-from selfheal.core.policy import Thresholds
+from selfheal.core.thresholds import Thresholds
 from selfheal.db import queries
 from selfheal.http.outbound import TokenGrant
 from selfheal.logs import first_line

@@ -19,7 +19,8 @@ import httpx
 import orjson
 
 from selfheal import __version__
-from selfheal.core.policy import idempotency_key, needs_reauthorization
+from selfheal.core.diagnose import needs_reauthorization
+from selfheal.core.retry import idempotency_key
 from selfheal.http.aionet import AsyncioBackend
 
 __all__ = [

@@ -6,6 +6,8 @@ import random
 
 import anyio
 
+from selfheal.core import retry
+
 __all__ = ["Gate", "Wakeup", "reconnect_delay"]
 
 
@@ -47,8 +49,5 @@ class Gate:
         await self._open.wait()
 
 
-def reconnect_delay(attempt: int, cap: float, rand: float | None = None) -> float:
-    """Exponential backoff from 0.1 s with full-range jitter in [50%, 100%], capped."""
-    r = random.random() if rand is None else rand  # noqa: S311 - jitter, not crypto
-    base: float = min(cap, 0.1 * 2 ** min(attempt, 30))
-    return base * (0.5 + r * 0.5)
+def reconnect_delay(attempt: int, cap: float) -> float:
+    return retry.reconnect_delay(attempt, cap, random.random())  # noqa: S311 - jitter

@@ -16,14 +16,9 @@ import anyio
 
 from selfheal.core.analyzer import analyze
 from selfheal.core.diagnose import failure_reason
-from selfheal.core.policy import (
-    SHORT_WAIT_LIMIT,
-    Thresholds,
-    crosses_threshold,
-    rate_limit_wait,
-    retry_delays,
-    schedule_retry,
-)
+from selfheal.core.ratelimit import SHORT_WAIT_LIMIT, rate_limit_wait
+from selfheal.core.retry import retry_delays, schedule_retry
+from selfheal.core.thresholds import Thresholds, crosses_threshold
 from selfheal.http.outbound import (
     HttpClients,
     RefreshFailed,

@@ -13,7 +13,7 @@ from datetime import timedelta
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from selfheal.core.policy import Thresholds
+from selfheal.core.thresholds import Thresholds
 from selfheal.db.store import DatabaseUnavailable, ServiceRegistrationFailed, Store
 from selfheal.http.outbound import HttpClients
 from selfheal.logs import first_line, get_logger

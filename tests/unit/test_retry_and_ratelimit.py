@@ -12,25 +12,24 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from selfheal.core.policy import (
+from selfheal.core.diagnose import needs_reauthorization
+from selfheal.core.plan import planned_action
+from selfheal.core.ratelimit import (
     DEFAULT_MAX_WAIT,
-    SHORT_WAIT_LIMIT,
-    Thresholds,
-    crosses_threshold,
-    deferral_delay,
-    idempotency_key,
-    jitter,
-    needs_reauthorization,
     parse_ratelimit_header,
     parse_ratelimit_reset,
     parse_retry_after,
     parse_retry_after_ms,
-    planned_action,
     rate_limit_wait,
-    retries_in_process,
+)
+from selfheal.core.retry import (
+    deferral_delay,
+    idempotency_key,
+    jitter,
     retry_delays,
     schedule_retry,
 )
+from selfheal.core.thresholds import Thresholds, crosses_threshold
 from selfheal.models import Category
 
 NOW = datetime(2025, 11, 29, 15, 0, tzinfo=UTC)  # a Saturday
@@ -125,7 +124,7 @@ def test_jitter_stays_between_half_and_full_delay(delay: float, rand: float) -> 
     assert delay * 0.5 <= result <= delay
 
 
-# --- retry_delays / retries_in_process ------------------------------------------------------
+# --- retry_delays ------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -183,28 +182,6 @@ def test_retry_delays_bounds(category: Category, rand: float) -> None:
     if category in (Category.NETWORK, Category.RATE_LIMIT):
         for delay, nominal in zip(delays, (0.5, 1.0, 2.0), strict=True):
             assert nominal / 2 <= delay <= nominal
-
-
-@pytest.mark.parametrize(
-    ("category", "server_wait", "expected"),
-    [
-        (Category.RATE_LIMIT, None, True),
-        (Category.RATE_LIMIT, 0.0, True),
-        (Category.RATE_LIMIT, 9.99, True),
-        (Category.RATE_LIMIT, SHORT_WAIT_LIMIT, False),
-        (Category.RATE_LIMIT, 3600.0, False),
-        (Category.NETWORK, None, True),
-        (Category.NETWORK, 3600.0, True),
-        (Category.AUTH, None, True),
-        (Category.UNKNOWN, None, True),
-        (Category.DATA, None, False),
-        (Category.DATA, 0.0, False),
-    ],
-)
-def test_retries_in_process_table(
-    category: Category, server_wait: float | None, expected: bool
-) -> None:
-    assert retries_in_process(category, server_wait) is expected
 
 
 # --- parse_retry_after ----------------------------------------------------------------------
@@ -651,33 +628,18 @@ def test_deferral_delay_grows_and_is_capped(deferrals: int, rand: float, cap: fl
     assert 0.0 <= delay <= later <= cap
 
 
-def test_schedule_retry_rate_limit_uses_the_server_wait() -> None:
-    def at(wait: float) -> datetime | None:
-        return schedule_retry(Category.RATE_LIMIT, now=NOW, deferrals=4, rand=0.0, server_wait=wait)
-
-    assert at(300.0) == NOW + timedelta(seconds=300)
-    assert at(10.0) == NOW + timedelta(seconds=10)
-    assert at(-5.0) == NOW
-    assert at(86400.0) == NOW + timedelta(seconds=DEFAULT_MAX_WAIT)
-    assert at(math.nan) == NOW + timedelta(seconds=DEFAULT_MAX_WAIT)
-
-
 @pytest.mark.parametrize(
-    ("category", "server_wait", "expected_seconds"),
+    ("category", "expected_seconds"),
     [
-        (Category.RATE_LIMIT, None, 120.0),  # no header: back off like a deferral
-        (Category.NETWORK, None, 120.0),
-        (Category.NETWORK, 300.0, 120.0),  # a server wait only steers rate limits
-        (Category.DATA, None, None),
-        (Category.DATA, 5.0, None),
-        (Category.AUTH, None, None),
-        (Category.UNKNOWN, None, None),
+        (Category.RATE_LIMIT, 120.0),  # no header: back off like a deferral
+        (Category.NETWORK, 120.0),
+        (Category.DATA, None),
+        (Category.AUTH, None),
+        (Category.UNKNOWN, None),
     ],
 )
-def test_schedule_retry_table(
-    category: Category, server_wait: float | None, expected_seconds: float | None
-) -> None:
-    result = schedule_retry(category, now=NOW, deferrals=1, rand=1.0, server_wait=server_wait)
+def test_schedule_retry_table(category: Category, expected_seconds: float | None) -> None:
+    result = schedule_retry(category, now=NOW, deferrals=1, rand=1.0)
     expected = None if expected_seconds is None else NOW + timedelta(seconds=expected_seconds)
     assert result == expected
 

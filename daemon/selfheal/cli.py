@@ -1,4 +1,4 @@
-"""The `selfheal` command: migrate, run, heal, scan, classify, inject, status, enable."""
+"""The `selfheal` command: argument parsing and output; the work is app.py's."""
 
 from __future__ import annotations
 
@@ -6,23 +6,20 @@ import argparse
 import sys
 import uuid
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any, TextIO
 
 import anyio
 import orjson
 from psycopg.types.json import Jsonb
 
-from selfheal import __version__
+from selfheal import __version__, app
 from selfheal.core.analyzer import analyze
-from selfheal.daemon import owner_name, run_daemon
+from selfheal.daemon import run_daemon
 from selfheal.db.migrate import apply_migrations
-from selfheal.db.store import DatabaseUnavailable, Recorded, Store
+from selfheal.db.store import Store
+from selfheal.errors import DatabaseUnavailable
 from selfheal.logs import configure_logging, first_line, get_logger
-from selfheal.models import Failure, Status
-from selfheal.services.base import Wakeup
-from selfheal.services.claimer import Claimer
-from selfheal.services.healer import open_healer
+from selfheal.models import Failure
 from selfheal.settings import ConfigError, Settings, load_settings
 
 __all__ = ["main"]
@@ -114,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     except DatabaseUnavailable as exc:
         log.error("database.unavailable", error=first_line(exc))
         return EXIT_FAILED
+    except app.EmbeddedMissing as exc:
+        print(f"selfheal: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except Exception:
         # A task died: one clear line (with the traceback as data); systemd restarts us.
         log.exception("daemon.crashed" if args.command == "run" else "command.failed")
@@ -132,18 +132,7 @@ Command = Callable[[Settings, str, argparse.Namespace], Awaitable[int]]
 
 
 async def _with_database(command: Command, settings: Settings, args: argparse.Namespace) -> int:
-    return await command(settings, _conninfo(settings), args)
-
-
-def _conninfo(settings: Settings) -> str:
-    if settings.database_url is not None:
-        return settings.database_url.get_secret_value()
-    from selfheal.db.embedded import default_data_dir, start_embedded
-
-    data_dir = Path(settings.data_dir) if settings.data_dir else default_data_dir()
-    conninfo = start_embedded(data_dir)
-    log.info("embedded_postgres.started", data_dir=str(data_dir))
-    return conninfo
+    return await command(settings, app.conninfo(settings), args)
 
 
 async def cmd_run(settings: Settings, conninfo: str, args: argparse.Namespace) -> int:
@@ -161,69 +150,13 @@ async def cmd_migrate(settings: Settings, conninfo: str, args: argparse.Namespac
 
 
 async def cmd_heal(settings: Settings, conninfo: str, args: argparse.Namespace) -> int:
-    event_id: uuid.UUID = args.event_id
-    async with (
-        Store.open(conninfo, max_size=2) as store,
-        open_healer(store, settings, Wakeup(), owner_name()) as healer,
-    ):
-        if not await store.event_exists(event_id):
-            _print_json({"success": False, "error": f"event {event_id} not found"})
-            return EXIT_FAILED
-        await Claimer(store, settings, Wakeup()).process_events([event_id])
-        row = await store.record_for_event(event_id)
-        if row is not None:
-            await healer.heal_now([row[0]])
-            row = await store.record_for_event(event_id)
-    if row is None:
-        _print_json({"success": False, "error": f"event {event_id} is not a failure"})
-        return EXIT_FAILED
-    recovery_id, _, _, category, action, status, next_retry_at = row
-    response: dict[str, Any] = {
-        "success": True,
-        "recovery_id": str(recovery_id),
-        "category": category,
-        "action_taken": action,
-        "status": status,
-    }
-    if status == Status.PENDING and next_retry_at is not None:
-        response["retry_scheduled"] = True
-        response["next_retry_at"] = next_retry_at.isoformat()
+    response = await app.heal_event(settings, conninfo, args.event_id)
     _print_json(response)
-    return EXIT_OK
+    return EXIT_OK if response["success"] else EXIT_FAILED
 
 
 async def cmd_scan(settings: Settings, conninfo: str, args: argparse.Namespace) -> int:
-    async with (
-        Store.open(conninfo, max_size=4) as store,
-        open_healer(store, settings, Wakeup(), owner_name()) as healer,
-    ):
-        event_ids = await store.unrecorded_failures(args.window_minutes, max(0, args.limit))
-        recorded: list[Recorded] = []
-        if event_ids:
-            recorded = await Claimer(store, settings, Wakeup()).process_events(event_ids)
-        outcomes = await healer.heal_now([r.recovery_id for r in recorded])
-    status_of = {o.job.record_id: o.status.value for o in outcomes}
-    action_of = {o.job.record_id: o.action for o in outcomes}
-    statuses = [status_of.get(r.recovery_id, Status.PENDING.value) for r in recorded]
-    _print_json(
-        {
-            "success": True,
-            "processed_count": len(recorded),
-            "resolved_count": statuses.count(Status.RESOLVED.value),
-            "pending_count": statuses.count(Status.PENDING.value),
-            "disabled_count": statuses.count(Status.DISABLED.value),
-            "events": [
-                {
-                    "event_id": str(r.diagnosis.event_id),
-                    "service_name": r.diagnosis.service_name,
-                    "category": r.diagnosis.analysis.category.value,
-                    "action_taken": action_of.get(r.recovery_id, r.diagnosis.action),
-                    "status": status,
-                }
-                for r, status in zip(recorded, statuses, strict=True)
-            ],
-        }
-    )
+    _print_json(await app.scan(settings, conninfo, args.window_minutes, args.limit))
     return EXIT_OK
 
 
@@ -325,6 +258,11 @@ def _print_status(status: dict[str, Any], out: TextIO) -> None:
     for target in status["disabled_targets"]:
         who = f" user {target['user_id']}" if target["user_id"] else ""
         out.write(f"disabled  {target['service_name']}{who}: {target['reason'] or '-'}\n")
+    for service in status["failing_services"]:
+        out.write(
+            f"failing   {service['service_name']}: {service['recovery_fail_count']} unhealed "
+            f"since the last success (last recovery {service['last_recovery_at'] or '-'})\n"
+        )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -15,9 +15,10 @@ from anyio.abc import TaskStatus
 from selfheal.db.store import Store
 from selfheal.logs import get_logger
 from selfheal.services.base import Gate, Wakeup
-from selfheal.services.claimer import Claimer, Scanner
+from selfheal.services.claimer import Claimer
 from selfheal.services.healer import open_healer
 from selfheal.services.listener import Listener
+from selfheal.services.scanner import Scanner
 from selfheal.settings import Settings
 
 __all__ = ["owner_name", "run_daemon"]

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 import orjson
 import structlog
+from structlog.typing import EventDict, FilteringBoundLogger
 
 from selfheal.core.sanitize import scrub, scrub_text
 from selfheal.settings import Settings
@@ -32,13 +33,22 @@ class _Output:
         self.stream: TextIO = sys.stdout
 
     def msg(self, message: str) -> None:
+        self.write(message + "\n")
+        self.flush()
+
+    debug = info = warning = warn = error = critical = exception = fatal = msg
+
+    def write(self, text: str) -> None:
         try:
-            self.stream.write(message + "\n")
-            self.stream.flush()
+            self.stream.write(text)
         except ValueError:  # closed at interpreter exit: nowhere left to write
             pass
 
-    debug = info = warning = warn = error = critical = exception = fatal = msg
+    def flush(self) -> None:
+        try:
+            self.stream.flush()
+        except ValueError:
+            pass
 
 
 _OUTPUT = _Output()
@@ -55,33 +65,50 @@ def configure_logging(settings: Settings, stream: TextIO | None = None) -> None:
         renderer = structlog.processors.JSONRenderer(serializer=_dumps)
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=stream.isatty())
-    processors: list[Any] = [
+    shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+    tail: list[Any] = []
     if fmt == "json":
         # Frame locals would show headers, forms and connection strings: never render them.
-        processors.append(
+        tail.append(
             structlog.processors.ExceptionRenderer(
                 structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
             )
         )
-    processors.append(_scrub_errors)
-    processors.append(renderer)
+    tail += [_scrub_errors, renderer]
+    level = _LEVELS[settings.log_level]
     structlog.configure(
-        processors=processors,
-        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[settings.log_level]),
+        processors=[*shared, *tail],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=lambda *_: _OUTPUT,
         cache_logger_on_first_use=True,
     )
-    # Libraries (psycopg_pool) log through the stdlib: same stream, same one-line form.
+    # Libraries (psycopg_pool, anyio) log through the stdlib: the same stream and line
+    # form, their own level, and their tracebacks as a field.
+    handler = logging.StreamHandler(_OUTPUT)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[*shared, _library_event],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *tail],
+        )
+    )
     root = logging.getLogger()
-    root.handlers[:] = [_ToStructlog()]
-    root.setLevel(max(_LEVELS[settings.log_level], logging.INFO))
+    root.handlers[:] = [handler]
+    root.setLevel(max(level, logging.INFO))
     # Chatty at INFO; httpx would log every request URL, and URLs can carry secrets.
     for chatty in ("pgserver", "httpx", "httpcore"):
         logging.getLogger(chatty).setLevel(logging.WARNING)
+
+
+def _library_event(_: Any, __: str, event: EventDict) -> EventDict:
+    """A library record as one of ours: `{logger}.log`, its text in `message`."""
+    record: logging.LogRecord = event["_record"]
+    event["message"] = event.pop("event")
+    event["event"] = f"{record.name}.log"
+    return event
 
 
 _ERROR_FIELDS = ("error", "exception", "message")
@@ -100,16 +127,8 @@ def _scrub_errors(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
     return event
 
 
-class _ToStructlog(logging.Handler):
-    def emit(self, record: logging.LogRecord) -> None:
-        level = record.levelname.lower()
-        log = structlog.get_logger()
-        method = getattr(log, level if level in _LEVELS else "info")
-        method(f"{record.name}.log", message=record.getMessage())
-
-
-def get_logger(**initial: Any) -> Any:
-    return structlog.get_logger(**initial)
+def get_logger(**initial: Any) -> FilteringBoundLogger:
+    return cast(FilteringBoundLogger, structlog.get_logger(**initial))
 
 
 def first_line(exc: BaseException) -> str:

@@ -1,12 +1,16 @@
-"""Plain frozen data shared by the pure core (analyzer, policy, sanitize) and the shell."""
+"""The shared frozen values: what flows from stage to stage (claim -> diagnose -> record ->
+plan -> execute -> record outcome). Plain data, no behaviour beyond coercion."""
 
 from __future__ import annotations
 
 import enum
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+
+from selfheal.core.sanitize import storable_text
 
 Clock = Callable[[], datetime]
 
@@ -28,6 +32,14 @@ class Status(enum.StrEnum):
     PENDING = "pending"
     RESOLVED = "resolved"
     DISABLED = "disabled"
+
+
+def category_of(value: Any) -> Category:
+    """A stored category; anything unexpected reads as unknown."""
+    try:
+        return Category(value)
+    except ValueError:
+        return Category.UNKNOWN
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +90,198 @@ class Analysis:
         }
 
 
+# --- claim, diagnose, record ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedFailure:
+    """An integration_events row as claimed, before any coercion."""
+
+    event_id: uuid.UUID
+    service_name: str
+    http_status: Any
+    error_code: Any
+    error_message: Any
+    response_headers: Any
+    payload: Any
+    user_id: uuid.UUID | None
+    endpoint: str | None
+    attempts: int
+    vanished: bool = False  # the event row was deleted after it was queued
+
+
+@dataclass(frozen=True, slots=True)
+class Diagnosis:
+    """The decision record to store for one failure."""
+
+    event_id: uuid.UUID
+    service_name: str
+    user_id: uuid.UUID | None
+    analysis: Analysis
+    reason: str
+    action: str
+    signals_json: str
+    next_retry_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    recovery_id: uuid.UUID
+    diagnosis: Diagnosis
+
+
+# --- plan, execute, record the outcome ------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A leased record and what its recovery needs. Tokens are never shown in repr.
+
+    ``threshold_count`` counts the service's failures of this category up to this one,
+    since its counters were last reset (within the window for network), capped.
+    """
+
+    record_id: uuid.UUID
+    event_id: uuid.UUID
+    service_name: str
+    category: Category
+    attempts: int
+    deferrals: int
+    endpoint: str | None
+    http_method: str | None
+    payload: Any
+    response_headers: Any
+    failed_at: datetime
+    service_id: uuid.UUID | None
+    service_enabled: bool
+    oauth_config: Mapping[str, Any] | None
+    user_connection_id: uuid.UUID | None
+    user_connection_enabled: bool
+    access_token: str | None = field(repr=False)
+    refresh_token: str | None = field(repr=False)
+    user_connection_failures: int
+    threshold_count: int
+    event_deleted: bool = False  # the integration_events row is gone (retention)
+
+    @classmethod
+    def from_columns(cls, **columns: Any) -> Job:
+        """A row read by name (``psycopg.rows.kwargs_row``); odd stored values coerced."""
+        oauth = columns["oauth_config"]
+        return cls(
+            **{
+                **columns,
+                "category": category_of(columns["category"]),
+                "oauth_config": oauth if isinstance(oauth, Mapping) else None,
+            }
+        )
+
+    @property
+    def first_visit(self) -> bool:
+        return self.attempts == 0 and self.deferrals == 0
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayResult:
+    """What one replay got back: a status (None: no HTTP answer at all), the headers with
+    lower-case names, a provider error code, and the start of the body."""
+
+    status: int | None
+    headers: Mapping[str, str]
+    error_code: str | None
+    body_sample: str
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status is not None and 200 <= self.status < 300 and self.error_code is None
+
+
+@dataclass(frozen=True, slots=True)
+class TokenGrant:
+    access_token: str
+    refresh_token: str | None  # a rotated refresh token replaces the old one
+    expires_in: float | None
+
+    def __repr__(self) -> str:
+        return f"TokenGrant(expires_in={self.expires_in}, rotated={self.refresh_token is not None})"
+
+
+@dataclass(frozen=True, slots=True)
+class UserConnectionTokens:
+    """A user connection's tokens as read under its refresh lock."""
+
+    access_token: str | None = field(repr=False)
+    refresh_token: str | None = field(repr=False)
+    refreshed_at: datetime | None
+    reauth_digest: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How one visit of a record ended, and what it asks of its service and user connection."""
+
+    job: Job
+    status: Status
+    action: str
+    attempts: int = 0  # replays made by this visit
+    next_retry_at: datetime | None = None
+    deferrals: int = 0
+    reason: str | None = None  # a newer failure_reason (sanitized), or keep the old one
+    disable_service: str | None = None
+    disable_user_connection: str | None = None
+    user_connection_failed: bool = False
+    rate_limited_until: datetime | None = None
+    backoff: float = 0.0  # the waits of the schedule, in seconds (not the time they took)
+
+    @property
+    def resolved(self) -> bool:
+        return self.status is Status.RESOLVED
+
+
+class Recipe(enum.StrEnum):
+    """How a planned recovery is executed."""
+
+    REFRESH_AND_REPLAY = "refresh_and_replay"  # auth
+    AFTER_RATE_LIMIT = "after_rate_limit"  # rate_limit
+    BACKOFF = "backoff"  # network, unknown
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What to do with a job: an outcome decided without any request, or a recipe to run."""
+
+    job: Job
+    outcome: Outcome | None = None
+    recipe: Recipe | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceEffect:
+    """What a batch of outcomes does to one integrations_master row."""
+
+    service_id: uuid.UUID
+    reset: bool = False  # a recovery succeeded: the counters start again
+    failed: int = 0  # unhealed failures after the last reset in the batch
+    disable_reason: str | None = None
+    rate_limited_until: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UserConnectionEffect:
+    """What a batch of outcomes does to one user_integrations row."""
+
+    user_connection_id: uuid.UUID
+    reset: bool = False
+    failed: int = 0
+    disable_reason: str | None = None
+    errored: bool = False  # last_error_at moves
+
+
+@dataclass(frozen=True, slots=True)
+class Effects:
+    services: tuple[ServiceEffect, ...]
+    user_connections: tuple[UserConnectionEffect, ...]
+
+
 _MAX_FIELD = 64 * 1024
 
 
@@ -88,9 +292,7 @@ def _text(value: Any) -> str | None:
         value = value.decode("utf-8", "replace")
     elif not isinstance(value, str):
         value = str(value)
-    # Postgres text cannot hold NUL; lone surrogates cannot be encoded.
-    value = value.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
-    return value[:_MAX_FIELD] or None
+    return storable_text(value[:_MAX_FIELD]) or None
 
 
 def _status(value: Any) -> int | None:

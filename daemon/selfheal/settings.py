@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from selfheal.core.ratelimit import DEFAULT_MAX_WAIT
+from selfheal.core.thresholds import Thresholds
 
 __all__ = ["ConfigError", "Settings", "load_settings"]
 
@@ -52,9 +56,26 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(default=8, ge=2)
     service_concurrency: int = Field(default=8, ge=1)
     http_timeout_seconds: float = Field(default=10.0, gt=0)
-    max_retry_wait_seconds: float = Field(default=3600.0, gt=0)
+    http_network_backend: Literal["asyncio", "httpcore"] = "asyncio"
+    max_retry_wait_seconds: float = Field(default=DEFAULT_MAX_WAIT, gt=0)
+    # The specification's disable thresholds.
+    disable_auth_after: int = Field(default=3, ge=1)  # consecutive, per user connection
+    disable_network_after: int = Field(default=9, ge=1)  # per service, within the window
+    network_window_minutes: float = Field(default=60.0, gt=0)
+    disable_data_after: int = Field(default=5, ge=1)  # consecutive, per service
+    disable_unknown_after: int = Field(default=5, ge=1)  # consecutive, per service
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
+
+    def thresholds(self) -> Thresholds:
+        """The one Thresholds of the daemon: it serves the count and the decision."""
+        return Thresholds(
+            auth_consecutive=self.disable_auth_after,
+            network_window=timedelta(minutes=self.network_window_minutes),
+            network_failures=self.disable_network_after,
+            data_consecutive=self.disable_data_after,
+            unknown_consecutive=self.disable_unknown_after,
+        )
 
     @property
     def is_development(self) -> bool:

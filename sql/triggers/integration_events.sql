@@ -2,7 +2,8 @@
 -- statement wakes the daemon: a bulk insert of 100,000 failures sends one hint.
 -- SECURITY DEFINER with the migration's search_path: the integration's role needs no
 -- rights on selfheal_inbox, and its own search_path cannot redirect the insert.
--- Applied again by `selfheal migrate` whenever this file changes.
+-- Applied again by `selfheal migrate` whenever this file changes. The channel placeholder is
+-- replaced by the channel name of db/queries.py (a quoted literal) before it runs.
 CREATE OR REPLACE FUNCTION selfheal_enqueue_inserted_failures() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
 DECLARE
@@ -14,7 +15,7 @@ BEGIN
     ON CONFLICT (event_id) DO NOTHING;
     GET DIAGNOSTICS queued = ROW_COUNT;
     IF queued > 0 THEN
-        PERFORM pg_notify('selfheal_failures', queued::text);
+        PERFORM pg_notify(@FAILURES_CHANNEL@, queued::text);
     END IF;
     RETURN NULL;
 END $$;
@@ -33,7 +34,7 @@ BEGIN
     ON CONFLICT (event_id) DO NOTHING;
     GET DIAGNOSTICS queued = ROW_COUNT;
     IF queued > 0 THEN
-        PERFORM pg_notify('selfheal_failures', queued::text);
+        PERFORM pg_notify(@FAILURES_CHANNEL@, queued::text);
     END IF;
     RETURN NULL;
 END $$;

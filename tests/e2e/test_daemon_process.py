@@ -47,20 +47,33 @@ def test_records_every_failure_and_exits_cleanly_on_sigterm(
 def test_kill_9_mid_burst_loses_nothing_and_records_nothing_twice(
     db_url: str, daemons: list[DaemonProcess]
 ) -> None:
-    # The killed daemon's leases run out after 2 s; then the second one takes them.
-    first = DaemonProcess(db_url, SELFHEAL_BATCH_SIZE="200", SELFHEAL_LEASE_SECONDS="2")
-    daemons.append(first)
-    first.started()
-    with psycopg.connect(db_url, autocommit=True) as conn:
+    held_back = 1_000
+    with (
+        psycopg.connect(db_url, autocommit=True) as conn,
+        psycopg.connect(db_url) as holder,
+    ):
         insert_burst(conn, 20_000)
-        first.wait_for("failure.recorded")
+        # Claims skip locked inbox rows: while these are held, the burst cannot be finished,
+        # so the kill below lands mid-burst however fast the daemon is.
+        held = holder.execute(
+            "SELECT event_id FROM selfheal_inbox ORDER BY seq DESC LIMIT %s FOR UPDATE",
+            (held_back,),
+        ).fetchall()
+        assert len(held) == held_back
+        # The killed daemon's leases run out after 2 s; then the second one takes them.
+        first = DaemonProcess(db_url, SELFHEAL_BATCH_SIZE="200", SELFHEAL_LEASE_SECONDS="2")
+        daemons.append(first)
+        first.started()
+        wait_until_recorded(conn, 2_000)
         first.kill()
-        assert count_records(conn) < 20_000
+        assert count_records(conn) <= 20_000 - held_back
+        holder.rollback()
         second = DaemonProcess(db_url)
         daemons.append(second)
         second.started()
         assert wait_until_recorded(conn, 20_000) == 20_000
         assert assert_exactly_one_record_per_failure(conn) == 20_000
+        assert second.terminate() == 0
 
 
 def test_three_daemons_share_the_work_without_doubles(

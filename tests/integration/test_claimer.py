@@ -11,7 +11,8 @@ import pytest
 
 from selfheal.db.store import Store
 from selfheal.services.base import Wakeup
-from selfheal.services.claimer import Claimer, Scanner
+from selfheal.services.claimer import Claimer
+from selfheal.services.scanner import Scanner
 from selfheal.settings import Settings
 from tests.support.events import (
     assert_exactly_one_record_per_failure,

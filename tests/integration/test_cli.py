@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -118,8 +121,12 @@ def test_inject_status_and_enable(
     _, status = run(capsys, "status", "--json")
     assert status["records"] == 1
     assert status["by_category"] == {"network": {"pending": 1}}
+    # The unhealed failure counts against its service (recovery_fail_count).
+    [failing] = status["failing_services"]
+    assert (failing["service_name"], failing["recovery_fail_count"]) == ("slack", 1)
     code, text = run(capsys, "status")
     assert code == 0 and "network" in text
+    assert "failing   slack: 1 unhealed since the last success" in text
     with psycopg.connect(env, autocommit=True) as conn:
         # The healer registered the service on its first failure; an operator's view of it:
         conn.execute(
@@ -172,3 +179,21 @@ def test_heal_reports_the_real_outcome(env: str, capsys: pytest.CaptureFixture[s
         assert body["retry_scheduled"] is True
         assert body["next_retry_at"] > datetime.now(UTC).isoformat()
         assert api.requests("/later") == []
+
+
+def test_without_database_url_or_the_embedded_extra_it_says_what_to_install() -> None:
+    # The extra's modules made unimportable, as in an install without `[embedded]`.
+    code = (
+        "import sys; sys.modules['pgserver'] = None; "
+        "from selfheal.cli import main; sys.exit(main(['status']))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert lines == [
+        "selfheal: DATABASE_URL is not set and the embedded Postgres is not installed: "
+        "set DATABASE_URL, or install it with pip install 'pg-selfheal[embedded]'"
+    ]

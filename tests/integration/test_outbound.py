@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from selfheal.http.outbound import HttpClients, ReplayRequest, replay
+from selfheal.http.clients import HttpClients
+from selfheal.http.replay import ReplayRequest, replay
 from tests.support.http import Response, StubServer
 
 pytestmark = pytest.mark.anyio

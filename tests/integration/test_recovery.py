@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import io
 import json
-import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -22,19 +20,18 @@ from psycopg.types.json import Jsonb
 
 from selfheal.core.retry import idempotency_key, jitter
 from selfheal.db.store import Store
-from selfheal.http.outbound import HttpClients
 from selfheal.logs import configure_logging
+from selfheal.models import Outcome
 from selfheal.services.base import Wakeup
 from selfheal.services.claimer import Claimer
-from selfheal.services.execute import Outcome, Recoverer, RequestLimits
-from selfheal.services.healer import Healer
+from selfheal.services.healer import Healer, open_healer
 from selfheal.settings import Settings
 from tests.support.events import insert_failure
 from tests.support.http import (
     DEFAULT_CLIENT_ID,
     DEFAULT_CLIENT_SECRET,
+    HoldUntilInFlight,
     OAuthTokenEndpoint,
-    Request,
     Response,
     StubServer,
     bearer_protected_api,
@@ -133,34 +130,38 @@ def api() -> Iterator[StubServer]:
 
 @pytest.fixture
 async def harness(db_url: str, api: StubServer) -> AsyncIterator[Harness]:
-    settings = Settings(database_url=None, log_format="json", service_concurrency=4)
+    settings = Settings(
+        database_url=None,
+        log_format="json",
+        service_concurrency=SERVICE_CAP,
+        http_timeout_seconds=1.0,
+    )
     logs = io.StringIO()
     configure_logging(settings, logs)
     with psycopg.connect(db_url, autocommit=True) as conn:
+        sleeps: list[float] = []
+        woke_at: list[datetime] = []
+
+        def clock() -> datetime:
+            # Real time, moved on by every wait the recoverer asked for.
+            return datetime.now(UTC) + timedelta(seconds=sum(sleeps))
+
+        async def sleep(seconds: float) -> None:
+            sleeps.append(seconds)
+            woke_at.append(clock())
+
         async with (
             Store.open(db_url) as store,
-            aclosing(HttpClients(timeout=1.0, per_service=SERVICE_CAP, trust_env=False)) as clients,
-        ):
-            sleeps: list[float] = []
-            woke_at: list[datetime] = []
-
-            def clock() -> datetime:
-                # Real time, moved on by every wait the recoverer asked for.
-                return datetime.now(UTC) + timedelta(seconds=sum(sleeps))
-
-            async def sleep(seconds: float) -> None:
-                sleeps.append(seconds)
-                woke_at.append(clock())
-
-            recoverer = Recoverer(
-                clients,
+            open_healer(
                 store,
-                clock,
+                settings,
+                Wakeup(),
+                "test-daemon",
+                clock=clock,
                 sleep=sleep,
                 rand=lambda: RAND,
-                limits=RequestLimits(total=64, per_service=SERVICE_CAP),
-            )
-            healer = Healer(store, settings, recoverer, Wakeup(), "test-daemon", clock)
+            ) as healer,
+        ):
             yield Harness(conn, store, healer, api, sleeps, woke_at, logs)
 
 
@@ -323,28 +324,21 @@ async def test_a_burst_for_a_dead_service_cannot_fan_out(harness: Harness) -> No
 
 
 async def test_per_service_concurrency_is_capped(harness: Harness) -> None:
-    lock = threading.Lock()
-    in_flight = {"/slack": 0, "/teams": 0}
-    peak = dict(in_flight)
-    never = threading.Event()
-
-    def slow(request: Request) -> Response:
-        with lock:
-            in_flight[request.path] += 1
-            peak[request.path] = max(peak[request.path], in_flight[request.path])
-        never.wait(0.05)  # hold the request open so that others pile up behind it
-        with lock:
-            in_flight[request.path] -= 1
-        return Response(200, {"ok": True})
-
-    for path in in_flight:
-        harness.api.route("POST", path, slow)
+    # Each path holds its requests until the cap is in flight at once: more would show in
+    # the peak, fewer would never open the gate.
+    gates = {path: HoldUntilInFlight(SERVICE_CAP) for path in ("/slack", "/teams")}
+    for path, gate in gates.items():
+        harness.api.route("POST", path, gate)
     for _ in range(8):
         harness.failure("/slack", http_status=503)
         harness.failure("/teams", http_status=503, service_name="teams")
     outcomes = await harness.heal()
     assert [o.status.value for o in outcomes] == ["resolved"] * 16
-    assert peak == {"/slack": SERVICE_CAP, "/teams": SERVICE_CAP}
+    assert {path: gate.peak for path, gate in gates.items()} == {
+        "/slack": SERVICE_CAP,
+        "/teams": SERVICE_CAP,
+    }
+    assert harness.api.errors == []
 
 
 # --- rate limits ----------------------------------------------------------------------------

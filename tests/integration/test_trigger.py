@@ -20,12 +20,32 @@ def _inbox(conn: psycopg.Connection[tuple[object, ...]]) -> int:
 @pytest.fixture
 def listener(db_url: str) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
     with psycopg.connect(db_url, autocommit=True) as conn:
-        conn.execute(f"LISTEN {queries.CHANNEL}")
+        conn.execute(f"LISTEN {queries.FAILURES_CHANNEL}")
         yield conn
 
 
-def _drain_notifies(conn: psycopg.Connection[tuple[object, ...]]) -> list[str]:
-    return [n.payload for n in conn.notifies(timeout=0.5)]
+END_OF_TEST = "end-of-test"
+
+
+def _notified_before_end(
+    writer: psycopg.Connection[tuple[object, ...]],
+    listener: psycopg.Connection[tuple[object, ...]],
+) -> list[str]:
+    """The payloads the writer's earlier transactions sent on the channel.
+
+    The writer then sends a marker of its own in a later transaction; Postgres delivers
+    notifications in commit order, so what arrives before the marker is all that came
+    before it, read without waiting out a timeout.
+    """
+    writer.execute("SELECT pg_notify(%s, %s)", (queries.FAILURES_CHANNEL, END_OF_TEST))
+    if not writer.autocommit:
+        writer.commit()
+    payloads: list[str] = []
+    for notify in listener.notifies(timeout=30):
+        if notify.payload == END_OF_TEST:
+            return payloads
+        payloads.append(notify.payload)
+    raise AssertionError(f"the end-of-test marker never arrived; before it: {payloads}")
 
 
 def test_error_row_is_queued_and_notified(
@@ -34,7 +54,7 @@ def test_error_row_is_queued_and_notified(
     with psycopg.connect(db_url, autocommit=True) as conn:
         insert_failure(conn)
         assert _inbox(conn) == 1
-    assert _drain_notifies(listener) == ["1"]
+        assert _notified_before_end(conn, listener) == ["1"]
 
 
 def test_success_rows_and_self_heal_attempts_do_not_fire(
@@ -46,7 +66,7 @@ def test_success_rows_and_self_heal_attempts_do_not_fire(
         )
         insert_failure(conn, selfheal_attempt=2)
         assert _inbox(conn) == 0
-    assert _drain_notifies(listener) == []
+        assert _notified_before_end(conn, listener) == []
 
 
 def test_update_into_error_fires_once(
@@ -59,7 +79,7 @@ def test_update_into_error_fires_once(
         conn.execute("UPDATE integration_events SET status = 'error', http_status = 503")
         conn.execute("UPDATE integration_events SET error_message = 'still failing'")
         assert _inbox(conn) == 1
-    assert _drain_notifies(listener) == ["1"]
+        assert _notified_before_end(conn, listener) == ["1"]
 
 
 def test_bulk_insert_sends_one_notification(
@@ -68,7 +88,7 @@ def test_bulk_insert_sends_one_notification(
     with psycopg.connect(db_url, autocommit=True) as conn:
         insert_burst(conn, 100_000)
         assert _inbox(conn) == 100_000
-    assert _drain_notifies(listener) == ["100000"]
+        assert _notified_before_end(conn, listener) == ["100000"]
 
 
 def test_rolled_back_failure_leaves_nothing(
@@ -78,7 +98,7 @@ def test_rolled_back_failure_leaves_nothing(
         insert_failure(conn)
         conn.rollback()
         assert _inbox(conn) == 0
-    assert _drain_notifies(listener) == []
+        assert _notified_before_end(conn, listener) == []
 
 
 def test_an_application_role_without_rights_on_the_inbox_can_write_failures(db_url: str) -> None:

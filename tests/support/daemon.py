@@ -87,8 +87,12 @@ class DaemonProcess:
         self.proc.wait(10)
 
     def close(self) -> None:
+        """Stop it if still running: SIGTERM first, so that its coverage data is written."""
         if self.proc.poll() is None:
-            self.kill()
+            try:
+                self.terminate(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
         self._reader.join(5)
         if self.proc.stdout is not None:
             self.proc.stdout.close()

@@ -93,21 +93,39 @@ def assert_exactly_one_record_per_failure(conn: psycopg.Connection[Any]) -> int:
 def wait_until(
     conn: psycopg.Connection[Any], query: str, params: Any, expected: Any, timeout: float = 30
 ) -> Any:
-    """Poll a query (the condition itself, not a guessed sleep) until it returns `expected`."""
+    """Poll a query (the condition itself, not a guessed sleep) until it returns `expected`.
+
+    Returns `expected`; raises `TimeoutError` naming the query and the last value it gave
+    when `timeout` seconds pass first.
+    """
     deadline = time.monotonic() + timeout
     while True:
         row = conn.execute(query, params).fetchone()
         got = row[0] if row else None
-        if got == expected or time.monotonic() > deadline:
+        if got == expected:
             return got
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"waited {timeout:g}s for {query!r} with {params!r} to return {expected!r}; "
+                f"last value: {got!r}"
+            )
         time.sleep(0.02)
 
 
 def wait_until_recorded(conn: psycopg.Connection[Any], expected: int, timeout: float = 60) -> int:
-    """Poll the table (the condition itself, not a guessed sleep) until `expected` records."""
+    """Poll the table (the condition itself, not a guessed sleep) until `expected` records.
+
+    Returns the count (at least `expected`: a caller comparing it with `==` catches
+    doubles); raises `TimeoutError` with the last count when `timeout` seconds pass first.
+    """
     deadline = time.monotonic() + timeout
     while True:
         got = count_records(conn)
-        if got >= expected or time.monotonic() > deadline:
+        if got >= expected:
             return got
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"waited {timeout:g}s for {expected} records in system_integrity_events; "
+                f"last count: {got}"
+            )
         time.sleep(0.02)

@@ -16,8 +16,10 @@ A response can be slow (``delay``) or never come (``drop`` closes the
 connection), which is how a slow or failing network is simulated.
 
 Ready-made handlers: :class:`OAuthTokenEndpoint` (an RFC 6749 section 6
-refresh-token endpoint with rotation and state) and :func:`bearer_protected_api`
-(an API that answers 401 ``invalid_auth`` unless the bearer token is valid).
+refresh-token endpoint with rotation and state), :func:`bearer_protected_api`
+(an API that answers 401 ``invalid_auth`` unless the bearer token is valid) and
+:class:`HoldUntilInFlight` (holds requests until a number of them are in flight at
+once, and counts the peak: a concurrency cap checked on a signal, not a hold time).
 
 Only the standard library is used: ``ThreadingHTTPServer`` with daemon
 threads. :meth:`StubServer.stop` is prompt: it closes kept-alive connections
@@ -47,6 +49,7 @@ __all__ = [
     "DEFAULT_CLIENT_SECRET",
     "DEFAULT_REFRESH_TOKEN",
     "Handler",
+    "HoldUntilInFlight",
     "OAuthTokenEndpoint",
     "Request",
     "Response",
@@ -589,3 +592,40 @@ def bearer_protected_api(
         return Response(status, {"ok": False, "error": error}, {"www-authenticate": challenge})
 
     return handle
+
+
+class HoldUntilInFlight:
+    """A Handler that holds each request until ``count`` requests are in flight at once.
+
+    Once that many are in flight together, every held request gets ``response`` and later
+    ones are answered at once: a client that keeps ``count`` requests open is seen to do
+    so, without guessing how long to hold them. ``peak`` is the most requests in flight at
+    once. Fewer than ``count`` together within ``timeout`` seconds: each held request
+    raises ``TimeoutError`` (recorded in :attr:`StubServer.errors`, answered with a 500).
+    """
+
+    def __init__(self, count: int, response: Response | None = None, timeout: float = 10) -> None:
+        self.count = count
+        self.response = response if response is not None else Response(200, {"ok": True})
+        self.timeout = timeout
+        self.in_flight = 0
+        self.peak = 0
+        self._changed = threading.Condition()
+        self._open = False
+
+    def __call__(self, request: Request) -> Response:
+        with self._changed:
+            self.in_flight += 1
+            self.peak = max(self.peak, self.in_flight)
+            if self.in_flight >= self.count:
+                self._open = True
+                self._changed.notify_all()
+            try:
+                if not self._changed.wait_for(lambda: self._open, self.timeout):
+                    raise TimeoutError(
+                        f"{self.in_flight} request(s) in flight at most {self.peak}, "
+                        f"never {self.count} at once within {self.timeout:g}s"
+                    )
+            finally:
+                self.in_flight -= 1
+        return self.response

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable, Mapping
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from selfheal.core import rules
 from selfheal.core.analyzer import MAX_SIGNAL_LENGTH, MAX_SIGNALS, analyze
+from selfheal.core.rules import RuleError
 from selfheal.models import Analysis, Category, Failure
 
 CASES_PATH = Path(__file__).with_name("analyzer_cases.jsonl")
@@ -179,6 +183,43 @@ def test_a_traceback_is_read_at_its_end_too() -> None:
     assert result.category is Category.NETWORK
 
 
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"ratelimit": "limit=100, remaining=0, reset=30"},
+        {"ratelimit": '"default";r=50;t=5, "daily";r=0;t=3600'},
+        {"x-ratelimit-remaining": '"0"'},
+    ],
+)
+def test_a_header_saying_no_quota_is_left_makes_a_403_a_rate_limit(
+    headers: dict[str, str],
+) -> None:
+    result = _analyze("api", 403, None, None, headers)
+
+    assert result.category is Category.RATE_LIMIT
+
+
+def test_a_message_that_mentions_a_provider_does_not_switch_its_numeric_table() -> None:
+    # 20001 is a Twilio validation error and a Discord permission error.
+    body = '{"code": 20001, "more_info": "https://discord.com/developers/docs/topics/opcodes"}'
+
+    relayed = _analyze("webhook", None, None, body)
+    from_discord = _analyze("discord", None, None, body)
+    from_twilio = _analyze("twilio_sms", None, None, body)
+
+    assert relayed.category is Category.UNKNOWN
+    assert "body_code:20001" not in relayed.signals
+    assert from_discord.category is Category.AUTH
+    assert from_twilio.category is Category.DATA
+
+
+def test_a_message_that_mentions_slack_is_not_reported_as_a_slack_answer() -> None:
+    body = "Forwarding to Slack failed: {'ok': False, 'error': 'invalid_auth'}"
+
+    assert "body:ok_false" in _analyze("webhook", None, None, body).signals
+    assert "provider:slack:ok_false" in _analyze("slack", None, None, body).signals
+
+
 SECRETS = [
     "sk_live_51HcQeZ2eZvKYlo2C8eN3qT0kPp",
     "xoxb-2048-1234567890-AbCdEfGhIjKlMnOpQrStUvWx",
@@ -313,3 +354,166 @@ def test_analyze_never_raises_and_stays_in_bounds(
     assert result.advice
     assert len(result.signals) <= MAX_SIGNALS
     assert all(len(signal) <= MAX_SIGNAL_LENGTH for signal in result.signals)
+
+
+# --- rules tables -------------------------------------------------------------------------------
+
+RULE_FILES = ("codes.toml", "keywords.toml", "numeric.toml", "advice.toml")
+
+
+def _shipped_rules_in(directory: Path) -> Path:
+    shipped = files("selfheal.core") / "rules"
+    for name in RULE_FILES:
+        (directory / name).write_text((shipped / name).read_text(encoding="utf-8"), "utf-8")
+    return directory
+
+
+def test_the_shipped_rules_load_the_same_from_any_directory(tmp_path: Path) -> None:
+    assert rules.load(_shipped_rules_in(tmp_path)) == rules.load()
+
+
+def test_a_broken_rules_file_is_named_when_the_rules_are_loaded(tmp_path: Path) -> None:
+    directory = _shipped_rules_in(tmp_path)
+    (directory / "numeric.toml").write_text(
+        '[[twilio]]\ncategory = "auth"\nsituation = "refresh"\ncodes = [20003]\n'
+        '[[twilio]]\ncategory = "data"\nsituation = "validation"\ncodes = [20003]\n',
+        "utf-8",
+    )
+
+    with pytest.raises(RuleError, match=r"^numeric\.toml: duplicate twilio code 20003$"):
+        rules.load(directory)
+
+
+def _codes(*names: str, category: str = "auth", situation: str = "refresh") -> str:
+    return (
+        f'[[codes]]\ncategory = "{category}"\nsituation = "{situation}"\nweight = 3.0\n'
+        f"names = {json.dumps(list(names))}\n"
+    )
+
+
+_Parser = Callable[[Mapping[str, Any], str], object]
+SOURCES: dict[_Parser, str] = {
+    rules.parse_codes: "codes.toml",
+    rules.parse_keywords: "keywords.toml",
+    rules.parse_numeric: "numeric.toml",
+    rules.parse_advice: "advice.toml",
+}
+
+MALFORMED: list[tuple[str, _Parser, str, str]] = [
+    (
+        "unknown category",
+        rules.parse_codes,
+        _codes("invalid_auth", category="authz"),
+        "codes.toml: [[codes]] #1: category: unknown category 'authz' "
+        "(expected one of auth, rate_limit, network, data)",
+    ),
+    (
+        "unknown situation",
+        rules.parse_codes,
+        _codes("invalid_auth", situation="expired"),
+        "codes.toml: [[codes]] #1: unknown situation 'expired' for auth",
+    ),
+    (
+        "code listed twice",
+        rules.parse_codes,
+        _codes("invalid_auth") + _codes("invalid_auth", situation="reauth"),
+        "codes.toml: duplicate code 'invalid_auth'",
+    ),
+    (
+        "another spelling of a listed code",
+        rules.parse_codes,
+        _codes("network_error", category="network", situation="server")
+        + _codes("NetworkError", category="network", situation="timeout"),
+        "codes.toml: duplicate code 'NetworkError': the same code as 'network_error'",
+    ),
+    (
+        "a number among the codes",
+        rules.parse_codes,
+        _codes("20003"),
+        "codes.toml: [[codes]] #1: code '20003' is a number; list it in numeric.toml",
+    ),
+    (
+        "unknown key in a group",
+        rules.parse_codes,
+        _codes("invalid_auth") + "weigth = 2.0\n",
+        "codes.toml: [[codes]] #1: unknown key 'weigth'",
+    ),
+    (
+        "a weight that is not a positive number",
+        rules.parse_codes,
+        _codes("invalid_auth").replace("3.0", "-1.0"),
+        "codes.toml: [[codes]] #1: weight -1.0 is not a positive number",
+    ),
+    (
+        "keyword in both tables",
+        rules.parse_keywords,
+        '[[keywords]]\ncategory = "data"\nweight = 1.5\nwords = ["conflict"]\n'
+        '[[reason_phrases]]\ncategory = "data"\nweight = 1.0\nwords = ["conflict"]\n',
+        "keywords.toml: duplicate keyword 'conflict' (in [[keywords]] and [[reason_phrases]])",
+    ),
+    (
+        "keyword that can never match",
+        rules.parse_keywords,
+        '[[keywords]]\ncategory = "rate_limit"\nweight = 2.0\nwords = ["Rate limit"]\n',
+        "keywords.toml: [[keywords]] #1: keyword 'Rate limit' must be lower case",
+    ),
+    (
+        "provider that is not a plain name",
+        rules.parse_numeric,
+        '[[Twilio]]\ncategory = "auth"\ncodes = [20003]\n',
+        "numeric.toml: provider 'Twilio' must be lower-case letters and digits",
+    ),
+    (
+        "numeric code that is not a number",
+        rules.parse_numeric,
+        '[[twilio]]\ncategory = "auth"\ncodes = ["20003"]\n',
+        "numeric.toml: [[twilio]] #1: code '20003' is not an integer from 0 to 9999999",
+    ),
+    (
+        "advice for an unknown category",
+        rules.parse_advice,
+        '[authz]\ngeneral = "Refresh the token."\n',
+        "advice.toml: [authz]: unknown category 'authz'",
+    ),
+    (
+        "the same advice written twice",
+        rules.parse_advice,
+        '[auth]\nrefresh = "Refresh the token."\ngeneral = "Refresh the token."\n',
+        "advice.toml: [auth] general: duplicate advice, the same text as refresh; "
+        'write { same_as = "refresh" }',
+    ),
+    (
+        "same_as naming no advice",
+        rules.parse_advice,
+        '[auth]\ngeneral = { same_as = "reauth" }\n',
+        "advice.toml: [auth] general: same_as 'reauth' names no advice text in [auth]",
+    ),
+    (
+        "a category without general advice",
+        rules.parse_advice,
+        '[auth]\nrefresh = "Refresh the token."\n',
+        "advice.toml: [auth] needs general advice",
+    ),
+    (
+        "a key given twice in one table",
+        rules.parse_advice,
+        '[unknown]\ngeneral = "Retry once."\ngeneral = "Retry twice."\n',
+        "advice.toml: Cannot overwrite a value",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("parse", "text", "message"),
+    [case[1:] for case in MALFORMED],
+    ids=[case[0] for case in MALFORMED],
+)
+def test_a_malformed_rules_table_is_rejected_naming_its_file_and_key(
+    parse: _Parser, text: str, message: str
+) -> None:
+    source = SOURCES[parse]
+
+    with pytest.raises(RuleError) as raised:
+        parse(rules.parse_toml(text, source), source)
+
+    assert str(raised.value).startswith(message), str(raised.value)

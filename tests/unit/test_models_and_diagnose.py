@@ -9,9 +9,9 @@ import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
-from selfheal.core.diagnose import ClaimedFailure, diagnose, failure_reason
+from selfheal.core.diagnose import diagnose, failure_reason
 from selfheal.core.retry import reconnect_delay
-from selfheal.models import Category, Failure
+from selfheal.models import Category, ClaimedFailure, Failure
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 

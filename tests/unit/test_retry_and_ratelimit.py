@@ -29,7 +29,6 @@ from selfheal.core.retry import (
     retry_delays,
     schedule_retry,
 )
-from selfheal.core.thresholds import Thresholds, crosses_threshold
 from selfheal.models import Category
 
 NOW = datetime(2025, 11, 29, 15, 0, tzinfo=UTC)  # a Saturday
@@ -499,77 +498,6 @@ def test_rate_limit_wait_never_raises_and_stays_in_range(
 ) -> None:
     result = rate_limit_wait(headers, now, max_wait)
     assert result is None or 0.0 <= result <= max_wait
-
-
-# --- thresholds -----------------------------------------------------------------------------
-
-
-def test_threshold_defaults() -> None:
-    thresholds = Thresholds()
-    assert thresholds.auth_consecutive == 3
-    assert thresholds.network_window == timedelta(minutes=60)
-    assert thresholds.network_failures == 9
-    assert thresholds.data_consecutive == 5
-    assert thresholds.unknown_consecutive == 5
-
-
-@pytest.mark.parametrize(
-    "kwargs",
-    [
-        {"auth_consecutive": 0},
-        {"network_failures": 0},
-        {"data_consecutive": -1},
-        {"unknown_consecutive": 0},
-        {"network_window": timedelta(0)},
-    ],
-)
-def test_thresholds_reject_nonsense(kwargs: dict[str, object]) -> None:
-    with pytest.raises(ValueError, match="must be"):
-        Thresholds(**kwargs)  # type: ignore[arg-type]
-
-
-def test_thresholds_are_frozen() -> None:
-    with pytest.raises(AttributeError):
-        Thresholds().auth_consecutive = 4  # type: ignore[misc]
-
-
-@pytest.mark.parametrize(
-    ("category", "consecutive", "recent_in_window", "expected"),
-    [
-        (Category.AUTH, 1, 1, False),
-        (Category.AUTH, 2, 2, False),
-        (Category.AUTH, 3, 3, True),
-        (Category.AUTH, 3, 0, True),  # the window does not matter for auth
-        (Category.AUTH, 2, 50, False),
-        (Category.NETWORK, 8, 8, False),
-        (Category.NETWORK, 0, 9, True),  # network counts the window, not the streak
-        (Category.NETWORK, 100, 8, False),
-        (Category.NETWORK, 1, 10, True),
-        (Category.DATA, 4, 4, False),
-        (Category.DATA, 5, 5, True),
-        (Category.DATA, 4, 100, False),
-        (Category.UNKNOWN, 4, 4, False),
-        (Category.UNKNOWN, 5, 5, True),
-        (Category.UNKNOWN, 6, 0, True),
-        (Category.RATE_LIMIT, 1000, 1000, False),
-        (Category.RATE_LIMIT, 0, 0, False),
-    ],
-)
-def test_crosses_threshold_boundaries(
-    category: Category, consecutive: int, recent_in_window: int, expected: bool
-) -> None:
-    assert crosses_threshold(category, consecutive, recent_in_window, Thresholds()) is expected
-
-
-def test_crosses_threshold_uses_the_given_thresholds() -> None:
-    strict = Thresholds(
-        auth_consecutive=1, network_failures=2, data_consecutive=1, unknown_consecutive=2
-    )
-    assert crosses_threshold(Category.AUTH, 1, 0, strict)
-    assert crosses_threshold(Category.NETWORK, 0, 2, strict)
-    assert not crosses_threshold(Category.NETWORK, 0, 1, strict)
-    assert crosses_threshold(Category.DATA, 1, 0, strict)
-    assert not crosses_threshold(Category.UNKNOWN, 1, 0, strict)
 
 
 # --- deferral_delay / schedule_retry --------------------------------------------------------

@@ -1,6 +1,7 @@
 """Classify one failed third-party API call into a recovery category.
 
 Pure and fast: HTTP status, provider error codes, message keywords and headers are weighed together.
+The codes, keywords, numeric codes and advice are data, in rules/*.toml.
 """
 
 from __future__ import annotations
@@ -11,9 +12,21 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Final, NamedTuple
 
+import orjson
+
+from selfheal.core import rules
+from selfheal.core.ratelimit import parse_number, ratelimit_exhausted
+from selfheal.core.rules import SITUATIONS, NumericRule, Rule, canonical
 from selfheal.models import Analysis, Category, Failure
 
-__all__ = ["MAX_SCANNED_HEAD", "MAX_SCANNED_TAIL", "MAX_SIGNALS", "MAX_SIGNAL_LENGTH", "analyze"]
+__all__ = [
+    "MAX_SCANNED_HEAD",
+    "MAX_SCANNED_TAIL",
+    "MAX_SIGNALS",
+    "MAX_SIGNAL_LENGTH",
+    "analyze",
+    "ok_false",
+]
 
 # Provider bodies put codes and wording up front, tracebacks put the exception last; the middle
 # of a huge message only costs time.
@@ -27,7 +40,7 @@ _RATE = Category.RATE_LIMIT
 _NET = Category.NETWORK
 _DATA = Category.DATA
 
-# Situations refine the advice inside a category.
+# Situations refine the advice inside a category (rules.SITUATIONS lists them all).
 _REFRESH = "refresh"
 _REAUTH = "reauth"
 _CLIENT = "client"
@@ -53,13 +66,6 @@ _MESSAGE = 3
 _SOURCE_CAP: Final = (4.0, 5.0, 3.5, 3.5)
 
 
-class _Rule(NamedTuple):
-    category: Category
-    weight: float
-    situation: str
-    label: str
-
-
 class _Evidence(NamedTuple):
     category: Category
     weight: float
@@ -68,614 +74,21 @@ class _Evidence(NamedTuple):
     situation: str
 
 
-def _canonical(text: str) -> str:
-    # rate_limit_exceeded, rateLimitExceeded and RATE-LIMIT-EXCEEDED are the same code.
-    return _NON_ALNUM.sub("", text.lower())
+# --- tables -----------------------------------------------------------------------------------
 
-
-_NON_ALNUM: Final = re.compile(r"[^a-z0-9]+")
-
-
-# --- provider and library error codes ---------------------------------------------------------
-
-_CodeSpec = tuple[Category, float, str, tuple[str, ...]]
-
-_CODE_SPECS: tuple[_CodeSpec, ...] = (
-    # Token missing, invalid or expired: a refresh usually fixes it.
-    (
-        _AUTH,
-        3.0,
-        _REFRESH,
-        (
-            "invalid_auth",
-            "not_authed",
-            "token_expired",
-            "invalid_token",
-            "expired_token",
-            "authentication_error",
-            "InvalidAuthenticationToken",
-            "UNAUTHENTICATED",
-            "authError",
-            "invalidCredentials",
-            "unauthenticated",
-            "EXPIRED_AUTHENTICATION",
-            "INVALID_AUTHENTICATION",
-            "INVALID_SESSION_ID",
-            "INVALID_AUTH_HEADER",
-            "api_key_expired",
-            "platform_api_key_expired",
-            "secret_key_required",
-            "invalid_api_key",
-            "AuthenticationFailed",
-            "AUTHENTICATION_FAILURE",
-            "InvalidAuthenticationTokenTenant",
-            "CompactToken.ValidationFailed",
-            "token_invalid",
-            "invalid_access_token",
-            "expired_access_token",
-            "login_required",
-            "interaction_required",
-            "not_authenticated",
-            "authentication_failed",
-            "Unauthorized",
-            "Authorization_IdentityNotFound",
-            "API Key Invalid",
-            "API Key Missing",
-            "invalid_credentials",
-            "bad_credentials",
-        ),
-    ),
-    # Grant, token or account revoked or gone: the user must re-authorize.
-    (
-        _AUTH,
-        3.0,
-        _REAUTH,
-        (
-            "invalid_grant",
-            "token_revoked",
-            "account_inactive",
-            "user_deleted",
-            "team_disabled",
-            "no_service",
-            "consent_required",
-            "org_login_required",
-            "two_factor_setup_required",
-            "INVALID_OPERATION_WITH_EXPIRED_PASSWORD",
-            "account_invalid",
-            "User Disabled",
-            "Account Disabled",
-            "Wrong Datacenter",
-            "bad_verification_code",
-            "BAD_REFRESH_TOKEN",
-        ),
-    ),
-    # The OAuth client itself is rejected or misconfigured (RFC 6749 section 5.2).
-    (
-        _AUTH,
-        3.0,
-        _CLIENT,
-        (
-            "invalid_client",
-            "unauthorized_client",
-            "unsupported_grant_type",
-            "invalid_scope",
-            "invalid_client_id",
-            "invalid_client_secret",
-            "incorrect_client_credentials",
-            "redirect_uri_mismatch",
-        ),
-    ),
-    # Authenticated but not allowed: missing scopes or roles.
-    (
-        _AUTH,
-        3.0,
-        _PERMISSION,
-        (
-            "missing_scope",
-            "no_permission",
-            "insufficient_scope",
-            "insufficientPermissions",
-            "Authorization_RequestDenied",
-            "accessNotConfigured",
-            "MISSING_SCOPES",
-            "INSUFFICIENT_ACCESS",
-            "INSUFFICIENT_ACCESS_OR_READONLY",
-            "INSUFFICIENT_ACCESS_ON_CROSS_REFERENCE_ENTITY",
-            "API_DISABLED_FOR_ORG",
-            "API_CURRENTLY_DISABLED",
-            "permission_error",
-            "ekm_access_denied",
-            "not_allowed_token_type",
-            "restricted_action",
-            "access_denied",
-            "accessDenied",
-            "ErrorAccessDenied",
-            "posting_to_general_channel_denied",
-            "action_prohibited",
-            "INSUFFICIENT_SCOPES",
-            "ACCESS_DENIED",
-            "appNotAuthorizedToFile",
-            "domainPolicy",
-            "team_access_not_granted",
-            "BotDisabledByAdmin",
-            "insufficient_permissions",
-            "missing_permissions",
-            "Missing Access",
-        ),
-    ),
-    # Generic permission words: weaker, 403 is also how some providers say "rate limited".
-    (_AUTH, 2.0, _PERMISSION, ("PERMISSION_DENIED", "Forbidden", "not_allowed", "notAllowed")),
-    (
-        _RATE,
-        3.0,
-        _RETRY_AFTER,
-        (
-            "ratelimited",
-            "rate_limited",
-            "rate_limit",
-            "rate_limit_error",
-            "rate_limit_exceeded",
-            "too_many_requests",
-            "TooManyRequests",
-            "rateLimitExceeded",
-            "userRateLimitExceeded",
-            "rateLimitExceededUnreg",
-            "sharingRateLimitExceeded",
-            "RESOURCE_EXHAUSTED",
-            "activityLimitReached",
-            "throttledRequest",
-            "ApplicationThrottled",
-            "throttled",
-            "THROTTLED",
-            "RATE_LIMITS",
-            "REQUEST_LIMIT_EXCEEDED",
-            "lock_timeout",
-            "concurrentLimitExceeded",
-            "servingLimitExceeded",
-            "APIRateLimitExceeded",
-            "RATE_LIMITED",
-            "TooManyRequestsException",
-            "ThrottlingException",
-            "SlowDown",
-            "Too Many Requests",
-            "MailboxConcurrency",
-            "ErrorTooManyObjectsOpened",
-        ),
-    ),
-    (
-        _RATE,
-        3.0,
-        _QUOTA,
-        (
-            "dailyLimitExceeded",
-            "dailyLimitExceededUnreg",
-            "quotaExceeded",
-            "quota_exceeded",
-            "limitExceeded",
-            "usageLimits",
-            "variableTermLimitExceeded",
-        ),
-    ),
-    (
-        _NET,
-        3.0,
-        _SERVER,
-        (
-            "api_connection_error",
-            "api_error",
-            "serviceNotAvailable",
-            "UNAVAILABLE",
-            "backendError",
-            "internalError",
-            "internal_error",
-            "fatal_error",
-            "service_unavailable",
-            "temporarily_unavailable",
-            "server_error",
-            "SERVER_UNAVAILABLE",
-            "UNABLE_TO_LOCK_ROW",
-            "network_error",
-            "ServiceUnavailable",
-            "InternalServerError",
-            "INTERNAL",
-            "generalException",
-            "ERR_NETWORK",
-            "ERR_BAD_RESPONSE",
-            "internal_server_error",
-            "bad_gateway",
-            "BadGateway",
-            "Internal Server Error",
-        ),
-    ),
-    (
-        _NET,
-        3.0,
-        _TIMEOUT,
-        (
-            "DEADLINE_EXCEEDED",
-            "request_timeout",
-            "QUERY_TIMEOUT",
-            "timeout",
-            "gatewayTimeout",
-            "gateway_timeout",
-            "ETIMEDOUT",
-            "ESOCKETTIMEDOUT",
-            "ECONNABORTED",
-            "ReadTimeout",
-            "ConnectTimeout",
-            "WriteTimeout",
-            "PoolTimeout",
-            "TimeoutError",
-            "TimeoutException",
-            "ServerTimeoutError",
-            "socket.timeout",
-            "ERR_SOCKET_CONNECTION_TIMEOUT",
-            "UND_ERR_CONNECT_TIMEOUT",
-            "UND_ERR_HEADERS_TIMEOUT",
-            "UND_ERR_BODY_TIMEOUT",
-            "SocketTimeoutException",
-            "RequestTimeout",
-            "CANCELLED",
-        ),
-    ),
-    (
-        _NET,
-        3.0,
-        _DNS,
-        (
-            "ENOTFOUND",
-            "EAI_AGAIN",
-            "EAI_NONAME",
-            "EAI_FAIL",
-            "gaierror",
-            "NameResolutionError",
-            "UnknownHostException",
-        ),
-    ),
-    (
-        _NET,
-        3.0,
-        _TLS,
-        (
-            "SSLError",
-            "SSLCertVerificationError",
-            "CertificateError",
-            "ClientSSLError",
-            "ClientConnectorCertificateError",
-            "ClientConnectorSSLError",
-            "CERT_HAS_EXPIRED",
-            "UNABLE_TO_VERIFY_LEAF_SIGNATURE",
-            "DEPTH_ZERO_SELF_SIGNED_CERT",
-            "SELF_SIGNED_CERT_IN_CHAIN",
-            "ERR_TLS_CERT_ALTNAME_INVALID",
-            "UNABLE_TO_GET_ISSUER_CERT_LOCALLY",
-            "ERR_SSL_WRONG_VERSION_NUMBER",
-            "SSLHandshakeException",
-        ),
-    ),
-    (
-        _NET,
-        3.0,
-        "",
-        (
-            "ECONNRESET",
-            "ECONNREFUSED",
-            "EPIPE",
-            "EHOSTUNREACH",
-            "ENETUNREACH",
-            "ENETDOWN",
-            "EHOSTDOWN",
-            "ECONNCLOSED",
-            "UND_ERR_SOCKET",
-            "UND_ERR_CLOSED",
-            "ERR_STREAM_PREMATURE_CLOSE",
-            "ERR_HTTP2_STREAM_ERROR",
-            "ERR_HTTP2_SESSION_ERROR",
-            "ERR_SOCKET_CLOSED",
-            "ConnectionError",
-            "ConnectError",
-            "ReadError",
-            "WriteError",
-            "RemoteDisconnected",
-            "RemoteProtocolError",
-            "ProtocolError",
-            "ProxyError",
-            "ChunkedEncodingError",
-            "NetworkError",
-            "TransportError",
-            "ServerDisconnectedError",
-            "ClientConnectorError",
-            "ClientConnectionError",
-            "ClientOSError",
-            "ServerConnectionError",
-            "ClientPayloadError",
-            "ConnectionResetError",
-            "ConnectionRefusedError",
-            "ConnectionAbortedError",
-            "BrokenPipeError",
-            "IncompleteRead",
-            "NewConnectionError",
-            "ConnectException",
-            "connection_error",
-            "connection_reset",
-            "connection_refused",
-            "ERR_CONNECTION_REFUSED",
-            "ERR_CONNECTION_RESET",
-            "ERR_INTERNET_DISCONNECTED",
-            "ERR_NAME_NOT_RESOLVED",
-        ),
-    ),
-    # urllib3 also raises these when retries on 429 responses ran out, so they weigh less.
-    (_NET, 2.0, "", ("MaxRetryError", "URLError", "ERR_CANCELED")),
-    (
-        _DATA,
-        3.0,
-        _CARD,
-        (
-            "card_error",
-            "card_declined",
-            "expired_card",
-            "incorrect_cvc",
-            "incorrect_number",
-            "invalid_cvc",
-            "invalid_number",
-            "invalid_expiry_month",
-            "invalid_expiry_year",
-            "insufficient_funds",
-            "processing_error",
-            "do_not_honor",
-            "generic_decline",
-            "fraudulent",
-            "lost_card",
-            "stolen_card",
-            "pickup_card",
-            "incorrect_zip",
-            "payment_intent_authentication_failure",
-            "card_velocity_exceeded",
-            "balance_insufficient",
-            "transaction_not_allowed",
-            "currency_not_supported",
-        ),
-    ),
-    (
-        _DATA,
-        3.0,
-        _NOT_FOUND,
-        (
-            "resource_missing",
-            "channel_not_found",
-            "user_not_found",
-            "users_not_found",
-            "message_not_found",
-            "not_found",
-            "NOT_FOUND",
-            "notFound",
-            "itemNotFound",
-            "ResourceNotFound",
-            "Request_ResourceNotFound",
-            "ErrorItemNotFound",
-            "RecordNotFound",
-            "OBJECT_NOT_FOUND",
-            "ENTITY_IS_DELETED",
-            "InvalidEndpoint",
-            "Resource Not Found",
-            "ConversationNotFound",
-            "not_in_channel",
-            "is_archived",
-            "channel_is_archived",
-            "file_not_found",
-            "thread_not_found",
-            "no_such_subteam",
-            "unknown_method",
-            "ResourceNotFoundException",
-            "PROPERTY_DOESNT_EXIST",
-        ),
-    ),
-    (
-        _DATA,
-        3.0,
-        _CONFLICT,
-        (
-            "ALREADY_EXISTS",
-            "conflict",
-            "CONFLICT",
-            "duplicate",
-            "DUPLICATE_VALUE",
-            "DUPLICATES_DETECTED",
-            "nameAlreadyExists",
-            "already_exists",
-            "idempotency_error",
-            "idempotency_key_in_use",
-            "resourceModified",
-            "RecordNotUnique",
-            "Member Exists",
-            "OBJECT_ALREADY_EXISTS",
-            "name_taken",
-            "already_in_channel",
-            "charge_already_refunded",
-            "charge_already_captured",
-            "FAILED_PRECONDITION",
-        ),
-    ),
-    (
-        _DATA,
-        3.0,
-        _TOO_LARGE,
-        (
-            "msg_too_long",
-            "payload_too_large",
-            "too_many_attachments",
-            "STRING_TOO_LONG",
-            "request_too_large",
-            "RequestEntityTooLarge",
-            "quotaLimitReached",
-            "storageQuotaExceeded",
-            "amount_too_large",
-        ),
-    ),
-    (
-        _DATA,
-        3.0,
-        _VALIDATION,
-        (
-            "validation_error",
-            "VALIDATION_ERROR",
-            "ValidationError",
-            "schema_mismatch",
-            "invalid_request",
-            "INVALID_ARGUMENT",
-            "invalid_arguments",
-            "invalid_arg_name",
-            "invalid_blocks",
-            "invalid_attachments",
-            "no_text",
-            "invalid_payload",
-            "invalid_json",
-            "json_not_object",
-            "invalid_form_data",
-            "invalid_post_type",
-            "invalid_charset",
-            "invalidRequest",
-            "BadRequest",
-            "Request_BadRequest",
-            "Request_UnsupportedQuery",
-            "ErrorInvalidRequest",
-            "invalidRange",
-            "malformedRequest",
-            "invalidParameter",
-            "parseError",
-            "required",
-            "invalid",
-            "badRequest",
-            "OUT_OF_RANGE",
-            "INVALID_FIELD",
-            "REQUIRED_FIELD_MISSING",
-            "MALFORMED_QUERY",
-            "MALFORMED_ID",
-            "INVALID_TYPE",
-            "FIELD_CUSTOM_VALIDATION_EXCEPTION",
-            "FIELD_INTEGRITY_EXCEPTION",
-            "INVALID_CROSS_REFERENCE_KEY",
-            "INVALID_FIELD_FOR_INSERT_UPDATE",
-            "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST",
-            "JSON_PARSER_ERROR",
-            "INVALID_EMAIL_ADDRESS",
-            "INVALID_ID_FIELD",
-            "INVALID_QUERY_FILTER_OPERATOR",
-            "CANNOT_INSERT_UPDATE_ACTIVATE_ENTITY",
-            "RecordInvalid",
-            "InvalidValue",
-            "InvalidPaginationParameter",
-            "missing_field",
-            "parameter_missing",
-            "parameter_invalid_integer",
-            "parameter_invalid_empty",
-            "parameter_unknown",
-            "email_invalid",
-            "amount_too_small",
-            "url_invalid",
-            "testmode_charges_only",
-            "invalid_email",
-            "INVALID_EMAIL",
-            "INVALID_OPTION",
-            "INVALID_INTEGER",
-            "Invalid Resource",
-            "JSON Parse Error",
-            "Member In Compliance State",
-            "Requested fields are invalid",
-            "Method Not Allowed",
-            "method_deprecated",
-            "deprecated_endpoint",
-            "cannot_dm_bot",
-            "unprocessable_entity",
-            "bad_request",
-            "METHOD_NOT_ALLOWED",
-            "UnsupportedMediaType",
-            "unsupported_response_type",
-            "cant_update_message",
-            "edit_window_closed",
-            "ERR_BAD_REQUEST_BODY",
-        ),
-    ),
-    # Stripe's broad type also covers 401 and 429 answers, so it only tips a tie.
-    (_DATA, 1.0, _VALIDATION, ("invalid_request_error",)),
-)
-
+# Provider codes, keywords, numeric codes and advice live in rules/*.toml, checked at import.
+_RULES: Final = rules.load()
+_CODES: Final = _RULES.codes
+_KEYWORDS: Final = _RULES.keywords
+_REASON_PHRASES: Final = _RULES.reason_phrases
+_ADVICE: Final = _RULES.advice
 # Numeric codes: Twilio and Discord overlap, so the provider decides; shared numbers are only
 # trusted when the provider is known.
-_TWILIO_CODES: Final[dict[int, tuple[Category, str]]] = {
-    20003: (_AUTH, _REFRESH),
-    20005: (_AUTH, _REAUTH),
-    20006: (_AUTH, _PERMISSION),
-    20008: (_DATA, _VALIDATION),
-    20404: (_DATA, _NOT_FOUND),
-    20429: (_RATE, _RETRY_AFTER),
-    20500: (_NET, _SERVER),
-    20503: (_NET, _SERVER),
-    21211: (_DATA, _VALIDATION),
-    21212: (_DATA, _VALIDATION),
-    21214: (_DATA, _VALIDATION),
-    21217: (_DATA, _VALIDATION),
-    21401: (_DATA, _VALIDATION),
-    21408: (_DATA, _VALIDATION),
-    21602: (_DATA, _VALIDATION),
-    21604: (_DATA, _VALIDATION),
-    21606: (_DATA, _VALIDATION),
-    21608: (_DATA, _VALIDATION),
-    21610: (_DATA, _VALIDATION),
-    21612: (_DATA, _VALIDATION),
-    21614: (_DATA, _VALIDATION),
-    21617: (_DATA, _TOO_LARGE),
-    21620: (_DATA, _VALIDATION),
-    14107: (_RATE, _RETRY_AFTER),
-    30001: (_RATE, _RETRY_AFTER),
-    11200: (_NET, _SERVER),
-    11205: (_NET, _SERVER),
-    20001: (_DATA, _VALIDATION),
-    30005: (_DATA, _VALIDATION),
-    30006: (_DATA, _VALIDATION),
-    30007: (_DATA, _VALIDATION),
-}
-_DISCORD_CODES: Final[dict[int, tuple[Category, str]]] = {
-    10003: (_DATA, _NOT_FOUND),
-    10004: (_DATA, _NOT_FOUND),
-    10008: (_DATA, _NOT_FOUND),
-    10013: (_DATA, _NOT_FOUND),
-    10014: (_DATA, _NOT_FOUND),
-    10015: (_DATA, _NOT_FOUND),
-    10062: (_DATA, _NOT_FOUND),
-    20016: (_RATE, _RETRY_AFTER),
-    20022: (_RATE, _RETRY_AFTER),
-    20028: (_RATE, _RETRY_AFTER),
-    20029: (_RATE, _RETRY_AFTER),
-    30001: (_DATA, _TOO_LARGE),
-    30003: (_DATA, _TOO_LARGE),
-    30005: (_DATA, _TOO_LARGE),
-    30007: (_DATA, _TOO_LARGE),
-    30010: (_DATA, _TOO_LARGE),
-    30013: (_DATA, _TOO_LARGE),
-    40001: (_AUTH, _REFRESH),
-    40002: (_AUTH, _REAUTH),
-    40060: (_DATA, _CONFLICT),
-    50001: (_AUTH, _PERMISSION),
-    50013: (_AUTH, _PERMISSION),
-    50014: (_AUTH, _REFRESH),
-    50025: (_AUTH, _REFRESH),
-    50027: (_AUTH, _REFRESH),
-    50006: (_DATA, _VALIDATION),
-    50007: (_DATA, _VALIDATION),
-    50035: (_DATA, _VALIDATION),
-    50109: (_DATA, _VALIDATION),
-    130000: (_NET, _SERVER),
-    20001: (_AUTH, _PERMISSION),
-    20002: (_AUTH, _PERMISSION),
-}
+_NUMERIC_CODES: Final = _RULES.numeric
 
 
-def _numeric_table(
-    *tables: Mapping[int, tuple[Category, str]],
-) -> dict[int, tuple[Category, str]]:
-    merged: dict[int, tuple[Category, str]] = {}
+def _numeric_table(*tables: Mapping[int, NumericRule]) -> dict[int, NumericRule]:
+    merged: dict[int, NumericRule] = {}
     clashing: set[int] = set()
     for table in tables:
         for number, meaning in table.items():
@@ -685,43 +98,36 @@ def _numeric_table(
     return {number: meaning for number, meaning in merged.items() if number not in clashing}
 
 
-_ANY_PROVIDER_CODES: Final = _numeric_table(_TWILIO_CODES, _DISCORD_CODES)
+_ANY_PROVIDER_CODES: Final = _numeric_table(*_NUMERIC_CODES.values())
+# Slack has no numeric codes, but its ok:false body is reported as its own signal.
+_PROVIDERS: Final = (*_NUMERIC_CODES, "slack")
 
-
-def _code_table(specs: Iterable[_CodeSpec]) -> dict[str, _Rule]:
-    table: dict[str, _Rule] = {}
-    for category, weight, situation, names in specs:
-        for name in names:
-            table.setdefault(_canonical(name), _Rule(category, weight, situation, name))
-    return table
-
-
-_CODES: Final = _code_table(_CODE_SPECS)
+# --- provider and library error codes ---------------------------------------------------------
 
 # SDK exception classes wrap a provider or library prefix around a familiar name:
 # StripeConnectionError, stripe.error.RateLimitError, SomeClientTimeoutException.
 _CODE_SUFFIXES: Final = (
-    ("connectionerror", _Rule(_NET, 2.5, "", "*ConnectionError")),
-    ("timeouterror", _Rule(_NET, 2.5, _TIMEOUT, "*TimeoutError")),
-    ("timeoutexception", _Rule(_NET, 2.5, _TIMEOUT, "*TimeoutException")),
-    ("networkerror", _Rule(_NET, 2.5, "", "*NetworkError")),
-    ("ratelimiterror", _Rule(_RATE, 2.5, _RETRY_AFTER, "*RateLimitError")),
-    ("ratelimitexception", _Rule(_RATE, 2.5, _RETRY_AFTER, "*RateLimitException")),
-    ("throttlingexception", _Rule(_RATE, 2.5, _RETRY_AFTER, "*ThrottlingException")),
-    ("authenticationerror", _Rule(_AUTH, 2.5, _REFRESH, "*AuthenticationError")),
-    ("unauthorizederror", _Rule(_AUTH, 2.5, _REFRESH, "*UnauthorizedError")),
-    ("carderror", _Rule(_DATA, 2.5, _CARD, "*CardError")),
-    ("invalidrequesterror", _Rule(_DATA, 1.0, _VALIDATION, "*InvalidRequestError")),
-    ("notfounderror", _Rule(_DATA, 2.0, _NOT_FOUND, "*NotFoundError")),
-    ("validationerror", _Rule(_DATA, 2.0, _VALIDATION, "*ValidationError")),
+    ("connectionerror", Rule(_NET, 2.5, "", "*ConnectionError")),
+    ("timeouterror", Rule(_NET, 2.5, _TIMEOUT, "*TimeoutError")),
+    ("timeoutexception", Rule(_NET, 2.5, _TIMEOUT, "*TimeoutException")),
+    ("networkerror", Rule(_NET, 2.5, "", "*NetworkError")),
+    ("ratelimiterror", Rule(_RATE, 2.5, _RETRY_AFTER, "*RateLimitError")),
+    ("ratelimitexception", Rule(_RATE, 2.5, _RETRY_AFTER, "*RateLimitException")),
+    ("throttlingexception", Rule(_RATE, 2.5, _RETRY_AFTER, "*ThrottlingException")),
+    ("authenticationerror", Rule(_AUTH, 2.5, _REFRESH, "*AuthenticationError")),
+    ("unauthorizederror", Rule(_AUTH, 2.5, _REFRESH, "*UnauthorizedError")),
+    ("carderror", Rule(_DATA, 2.5, _CARD, "*CardError")),
+    ("invalidrequesterror", Rule(_DATA, 1.0, _VALIDATION, "*InvalidRequestError")),
+    ("notfounderror", Rule(_DATA, 2.0, _NOT_FOUND, "*NotFoundError")),
+    ("validationerror", Rule(_DATA, 2.0, _VALIDATION, "*ValidationError")),
 )
 
 
 _ANY_CODE_SUFFIX: Final = tuple(suffix for suffix, _ in _CODE_SUFFIXES)
-_UNDICI_RULE: Final = _Rule(_NET, 3.0, "", "UND_ERR")
+_UNDICI_RULE: Final = Rule(_NET, 3.0, "", "UND_ERR")
 
 
-def _suffix_rule(key: str) -> _Rule | None:
+def _suffix_rule(key: str) -> Rule | None:
     if key.startswith("underr"):
         # Node's undici names every socket failure UND_ERR_*.
         return _UNDICI_RULE
@@ -734,368 +140,6 @@ def _suffix_rule(key: str) -> _Rule | None:
 
 
 # --- message keywords -------------------------------------------------------------------------
-
-_KeywordSpec = tuple[Category, float, str, tuple[str, ...]]
-
-_KEYWORD_SPECS: tuple[_KeywordSpec, ...] = (
-    (
-        _RATE,
-        3.0,
-        _RETRY_AFTER,
-        (
-            "secondary rate limit",
-            "abuse detection",
-            "too many 429 error responses",
-            "you are being rate limited",
-        ),
-    ),
-    (
-        _RATE,
-        2.0,
-        _RETRY_AFTER,
-        (
-            "rate limit",
-            "rate-limit",
-            "ratelimit",
-            "rate limited",
-            "too many requests",
-            "throttl",
-            "calls per second",
-            "requests per second",
-            "reduce request rate",
-            "slow down",
-            "simultaneous connections",
-            "concurrent requests",
-            "request limit",
-            "too many calls",
-            "call limit",
-        ),
-    ),
-    (
-        _RATE,
-        2.0,
-        _QUOTA,
-        (
-            "quota exceeded",
-            "exceeded your quota",
-            "exceeded the quota",
-            "quota has been exceeded",
-            "usage limit",
-            "daily limit",
-            "resource exhausted",
-            "resource has been exhausted",
-            "ten_secondly_rolling",
-        ),
-    ),
-    (_RATE, 1.0, _QUOTA, ("quota", "limit exceeded", "limit reached")),
-    (
-        _AUTH,
-        2.5,
-        _REFRESH,
-        (
-            "invalid api key",
-            "api key invalid",
-            "invalid token",
-            "invalid access token",
-            "invalid oauth",
-            "bad credentials",
-            "invalid credentials",
-            "token expired",
-            "token has expired",
-            "token is expired",
-            "token is invalid",
-            "expired token",
-            "jwt expired",
-            "invalid jwt",
-            "access token has expired",
-            "couldn't authenticate",
-            "could not authenticate",
-            "must be authenticated",
-            "requires authentication",
-            "not authenticated",
-            "authentication failed",
-            "authentication credentials",
-            "invalid authentication",
-            "unrecognized login",
-            "session expired",
-            "session has expired",
-            "invalid session",
-            "authentication required",
-            "authorization required",
-        ),
-    ),
-    (
-        _AUTH,
-        2.5,
-        _REAUTH,
-        (
-            "expired or revoked",
-            "has been revoked",
-            "token revoked",
-            "authorization grant",
-            "re-authorize",
-            "reauthorize",
-            "account inactive",
-            "account is disabled",
-            "account has been disabled",
-            "account disabled",
-            "has been deactivated",
-        ),
-    ),
-    (_AUTH, 2.0, _CLIENT, ("client authentication failed", "invalid client")),
-    (
-        _AUTH,
-        1.5,
-        _REFRESH,
-        (
-            "unauthenticated",
-            "access token",
-            "oauth token",
-            "refresh token",
-            "api key",
-            "authorization header",
-            "aadsts",
-            "wrong password",
-            "login required",
-        ),
-    ),
-    (
-        _AUTH,
-        2.0,
-        _PERMISSION,
-        (
-            "insufficient permission",
-            "insufficient scope",
-            "insufficient authentication scopes",
-            "missing scope",
-            "missing permissions",
-            "missing access",
-            "scope does not match",
-            "resource not accessible",
-            "requires merchant approval",
-            "must have admin rights",
-            "does not have permission",
-            "do not have permission",
-            "don't have permission",
-            "not have access",
-            "not have authorization",
-            "not authorized to",
-            "access denied",
-            "access forbidden",
-            "permission denied",
-            "not permitted",
-        ),
-    ),
-    (
-        _NET,
-        3.0,
-        "",
-        (
-            "econnreset",
-            "econnrefused",
-            "epipe",
-            "ehostunreach",
-            "enetunreach",
-            "econnaborted",
-            "socket hang up",
-            "und_err_",
-            "connection reset",
-            "connection refused",
-            "connection aborted",
-            "remotedisconnected",
-            "remote end closed connection",
-            "server disconnected",
-            "broken pipe",
-            "network is unreachable",
-            "no route to host",
-            "failed to establish a new connection",
-            "cannot connect to host",
-            "fetch failed",
-            "network error",
-            "connection closed",
-            "err_stream_premature_close",
-            "socket disconnected",
-            "connecterror",
-            "connectionerror",
-            "newconnectionerror",
-            "clientconnectorerror",
-            "serverdisconnectederror",
-            "protocolerror",
-            "chunkedencodingerror",
-            "connection was forcibly closed",
-            "econnclosed",
-            "connectionreseterror",
-            "connectionrefusederror",
-            "connectionabortederror",
-            "brokenpipeerror",
-            "remoteprotocolerror",
-            "maxretryerror",
-            "gaierror",
-        ),
-    ),
-    (
-        _NET,
-        3.0,
-        _DNS,
-        (
-            "enotfound",
-            "eai_again",
-            "getaddrinfo",
-            "name or service not known",
-            "nodename nor servname",
-            "temporary failure in name resolution",
-            "no such host",
-            "could not resolve host",
-            "name resolution",
-            "host not found",
-            "dns",
-        ),
-    ),
-    (
-        _NET,
-        3.0,
-        _TLS,
-        (
-            "certificate verify failed",
-            "certificate_verify_failed",
-            "cert_has_expired",
-            "self signed certificate",
-            "self-signed certificate",
-            "unable to verify the first",
-            "ssl:",
-            "sslerror",
-            "ssl handshake",
-            "tls handshake",
-            "secure tls connection",
-            "wrong version number",
-            "eof occurred in violation of protocol",
-            "err_tls_",
-            "ssl routines",
-        ),
-    ),
-    (
-        _NET,
-        2.5,
-        _TIMEOUT,
-        (
-            "etimedout",
-            "esockettimedout",
-            "timed out",
-            "timeout",
-            "deadline exceeded",
-            "readtimeout",
-            "connecttimeout",
-            "timeouterror",
-            "pooltimeout",
-        ),
-    ),
-    (_NET, 1.5, "", ("max retries exceeded", "temporarily unavailable", "upstream", "overloaded")),
-    (
-        _DATA,
-        3.0,
-        _CARD,
-        (
-            "card was declined",
-            "card declined",
-            "insufficient funds",
-            "card has expired",
-            "security code is incorrect",
-            "card number is incorrect",
-            "card is not supported",
-        ),
-    ),
-    (
-        _DATA,
-        1.5,
-        _NOT_FOUND,
-        (
-            "has been deleted",
-            "was deleted",
-            "permanently deleted",
-            "does not exist",
-            "doesn't exist",
-            "could not be found",
-            "unknown channel",
-            "unknown message",
-            "unknown user",
-            "unknown guild",
-            "unknown webhook",
-            "no such",
-        ),
-    ),
-    (_DATA, 1.5, _CONFLICT, ("already exists", "duplicate", "member exists")),
-    (_DATA, 1.5, _TOO_LARGE, ("too large", "too long", "storage quota", "size limit")),
-    (
-        _DATA,
-        1.5,
-        _VALIDATION,
-        (
-            "validation",
-            "invalid parameter",
-            "invalid value",
-            "invalid input",
-            "invalid request",
-            "invalid json",
-            "invalid form body",
-            "invalid email",
-            "invalid phone",
-            "not a valid",
-            "is not valid",
-            "malformed",
-            "parse error",
-            "required field",
-            "is required",
-            "are required",
-            "missing required",
-            "must be provided",
-            "must specify",
-            "can't be blank",
-            "cannot be blank",
-            "must not be empty",
-            "unprocessable",
-            "compliance state",
-            "verified sender",
-            "unsubscribed",
-            "cannot send messages to this user",
-            "must be a",
-            "must be an",
-            "must be one of",
-            "invalid format",
-            "unsupported media type",
-            "method not allowed",
-            "schema",
-        ),
-    ),
-)
-
-# Reason phrases only repeat what a 4xx/5xx status already says; they count when it is absent.
-_REASON_PHRASE_SPECS: tuple[_KeywordSpec, ...] = (
-    (
-        _NET,
-        2.0,
-        _SERVER,
-        (
-            "service unavailable",
-            "bad gateway",
-            "gateway timeout",
-            "internal server error",
-            "server error",
-        ),
-    ),
-    (_AUTH, 1.5, _REFRESH, ("unauthorized",)),
-    (_AUTH, 1.0, _PERMISSION, ("forbidden",)),
-    (_DATA, 1.5, _NOT_FOUND, ("not found",)),
-    (_DATA, 1.0, _VALIDATION, ("bad request", "unprocessable entity")),
-    (_DATA, 1.0, _CONFLICT, ("conflict",)),
-)
-
-
-def _keyword_table(specs: Iterable[_KeywordSpec]) -> dict[str, _Rule]:
-    table: dict[str, _Rule] = {}
-    for category, weight, situation, words in specs:
-        for word in words:
-            table.setdefault(word, _Rule(category, weight, situation, word))
-    return table
 
 
 class _Trie(dict[str, "_Trie"]):
@@ -1123,8 +167,6 @@ def _trie_pattern(words: Iterable[str]) -> str:
     return render(root)
 
 
-_KEYWORDS: Final = _keyword_table(_KEYWORD_SPECS)
-_REASON_PHRASES: Final = _keyword_table(_REASON_PHRASE_SPECS)
 # Snake-case codes also turn up in prose ("An API error occurred: token_revoked"); the same scan
 # finds them, and they count as codes.
 _PROSE_CODES: Final = frozenset(
@@ -1163,7 +205,6 @@ _STATUS_AFTER_RE: Final = re.compile(r" (?:client|server) error")
 _IDENTIFIER_RE: Final = re.compile(r"[a-z][a-z0-9_.\-]{1,63}")
 _CODE_HEAD_RE: Final = re.compile(r"[a-z0-9_.\-]{2,64}")
 _USED_OF_LIMIT_RE: Final = re.compile(r"(\d+)\s*/\s*(\d+)")
-_STRUCTURED_REMAINING_ZERO_RE: Final = re.compile(r"(?:\bremaining=|;\s*r=)0(?![\d.])")
 
 
 # --- HTTP status ------------------------------------------------------------------------------
@@ -1262,11 +303,9 @@ _JIRA_LOGIN_FAILURES: Final = frozenset(
 )
 
 
-def _is_zero(value: str) -> bool:
-    try:
-        return float(value.split(",", 1)[0]) <= 0
-    except ValueError:
-        return False
+def _quota_left(value: str) -> float | None:
+    # Repeated headers arrive joined with ", "; the first one counts.
+    return parse_number(value.split(",", 1)[0])
 
 
 def _header_evidence(
@@ -1283,11 +322,11 @@ def _header_evidence(
             found.append(_Evidence(_RATE, 2.0, _HEADER, "header:x-ms-retry-after-ms", _RETRY_AFTER))
         for name in _REMAINING_HEADERS:
             value = headers.get(name)
-            if value is not None and _is_zero(value):
+            remaining = None if value is None else _quota_left(value)
+            if remaining is not None and remaining <= 0:
                 found.append(_Evidence(_RATE, 2.5, _HEADER, f"header:{name}:0", _RETRY_AFTER))
                 break
-        structured = headers.get("ratelimit")
-        if structured is not None and _STRUCTURED_REMAINING_ZERO_RE.search(structured[:256]):
+        if ratelimit_exhausted(headers.get("ratelimit")):
             found.append(_Evidence(_RATE, 2.5, _HEADER, "header:ratelimit:0", _RETRY_AFTER))
         for name in _RESET_HEADERS:
             if name in headers:
@@ -1343,17 +382,14 @@ def _code_candidates(text: str) -> list[str]:
     return candidates
 
 
-def _numeric_rule(number: int, provider: str) -> tuple[Category, str] | None:
-    if provider == "twilio":
-        return _TWILIO_CODES.get(number)
-    if provider == "discord":
-        return _DISCORD_CODES.get(number)
-    return _ANY_PROVIDER_CODES.get(number)
+def _numeric_rule(number: int, provider: str) -> NumericRule | None:
+    return _NUMERIC_CODES.get(provider, _ANY_PROVIDER_CODES).get(number)
 
 
-def _provider(service: str, text: str) -> str:
-    for name in ("twilio", "discord", "slack"):
-        if name in service or name in text:
+def _provider(service: str) -> str:
+    # The service name only: a message that mentions Discord is not a Discord answer.
+    for name in _PROVIDERS:
+        if name in service:
             return name
     return ""
 
@@ -1361,7 +397,7 @@ def _provider(service: str, text: str) -> str:
 def _code_evidence(
     value: str, prefix: str, provider: str, seen: set[str], found: list[_Evidence]
 ) -> None:
-    key = _canonical(value)
+    key = canonical(value)
     if not key or key in seen:
         return
     seen.add(key)
@@ -1384,83 +420,6 @@ def _code_evidence(
 
 # Equal scores go to the category whose recovery does the least harm when wrong.
 _TIE_ORDER: Final = (_RATE, _AUTH, _NET, _DATA)
-_SITUATION_ORDER: Final[dict[Category, tuple[str, ...]]] = {
-    _AUTH: (_CLIENT, _REAUTH, _REFRESH, _PERMISSION),
-    _RATE: (_QUOTA, _RETRY_AFTER),
-    _NET: (_DNS, _TLS, _TIMEOUT, _SERVER),
-    _DATA: (_CARD, _NOT_FOUND, _CONFLICT, _TOO_LARGE, _VALIDATION),
-}
-
-_ADVICE: Final[dict[tuple[Category, str], str]] = {
-    (_AUTH, _REFRESH): (
-        "Refresh the OAuth token and replay; if refresh fails with invalid_grant the user "
-        "must re-authorize."
-    ),
-    (_AUTH, _REAUTH): (
-        "The grant, token or account was revoked, expired or deactivated; a refresh will not "
-        "help, so ask the user to re-authorize the integration."
-    ),
-    (_AUTH, _CLIENT): (
-        "The OAuth client was rejected; check client_id, client_secret, grant type and scopes "
-        "in oauth_config before retrying."
-    ),
-    (_AUTH, _PERMISSION): (
-        "The credentials lack a permission or scope; grant it or re-authorize with the needed "
-        "scopes, since a token refresh alone rarely helps."
-    ),
-    (_RATE, _RETRY_AFTER): (
-        "Rate limited; wait for Retry-After or the limit reset before replaying, and lower the "
-        "call rate to this service."
-    ),
-    (_RATE, _QUOTA): (
-        "A quota or usage limit is exhausted; pause calls until it resets or ask the provider "
-        "for a higher quota."
-    ),
-    (_AUTH, ""): (
-        "Refresh the OAuth token and replay; if refresh fails with invalid_grant the user "
-        "must re-authorize."
-    ),
-    (_RATE, ""): "Rate limited; back off exponentially before replaying.",
-    (_NET, _DNS): (
-        "The host name did not resolve; check the endpoint URL and DNS, then retry with backoff."
-    ),
-    (_NET, _TLS): (
-        "The TLS handshake or certificate check failed; check certificates, proxy and clock, "
-        "retrying alone may not help."
-    ),
-    (_NET, _TIMEOUT): (
-        "The call timed out; retry with exponential backoff and jitter, and review the timeout "
-        "if it keeps happening."
-    ),
-    (_NET, _SERVER): (
-        "The provider answered with a server error; retry with exponential backoff and jitter."
-    ),
-    (_NET, ""): ("The connection failed in transit; retry with exponential backoff and jitter."),
-    (_DATA, _CARD): (
-        "The payment was declined; do not retry, the customer must fix or change the payment "
-        "method."
-    ),
-    (_DATA, _NOT_FOUND): (
-        "The referenced resource does not exist or is unavailable; fix the ID, channel or URL "
-        "before replaying."
-    ),
-    (_DATA, _CONFLICT): (
-        "The request conflicts with the resource's current state; reconcile it before replaying."
-    ),
-    (_DATA, _TOO_LARGE): "The request is too large; trim or split the payload before replaying.",
-    (_DATA, ""): (
-        "The provider rejected the request as invalid; fix the payload, automatic retries "
-        "will not help."
-    ),
-    (_DATA, _VALIDATION): (
-        "The provider rejected the request as invalid; fix the payload, automatic retries "
-        "will not help."
-    ),
-    (Category.UNKNOWN, ""): (
-        "Unrecognized failure; retry once, then review the sanitized error by hand."
-    ),
-}
-
 _MIN_DECISIVE_SCORE: Final = 1.0
 
 
@@ -1499,6 +458,22 @@ def _text_status(text: str) -> int | None:
     return None
 
 
+def ok_false(body: str) -> str | None:
+    """Slack and others answer 200 with `{"ok": false, "error": ...}`: the error it names
+    ("ok_false" when none), or None when the body does not say `ok: false`. A JSON object
+    decides by its top-level `ok`; a cut or non-JSON body by the text alone."""
+    if "ok" not in body or not _OK_FALSE_RE.search(body):
+        return None
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return "ok_false"
+    if not isinstance(parsed, dict) or parsed.get("ok") is not False:
+        return None
+    error = parsed.get("error")
+    return error if isinstance(error, str) and error else "ok_false"
+
+
 def _body_evidence(
     text: str, provider: str, seen_codes: set[str], found: list[_Evidence], extra: list[str]
 ) -> int | None:
@@ -1516,7 +491,7 @@ def _body_evidence(
                 echoed_status = echoed_status or number
             else:
                 _code_evidence(match.group(1), "body_code", provider, seen_codes, found)
-        if ("ok" in text) and _OK_FALSE_RE.search(text):
+        if ok_false(text) is not None:
             extra.append("provider:slack:ok_false" if provider == "slack" else "body:ok_false")
         if "retry_after" in text and _RETRY_AFTER_BODY_RE.search(text):
             found.append(_Evidence(_RATE, 2.0, _HEADER, "body:retry_after", _RETRY_AFTER))
@@ -1557,7 +532,7 @@ def analyze(failure: Failure) -> Analysis:
     text = _scanned_text(failure.error_message or "")
     error_code = (failure.error_code or "")[:256]
     code_text = error_code.strip().lower()
-    provider = _provider(failure.service_name[:128].lower(), text)
+    provider = _provider(failure.service_name[:128].lower())
     found: list[_Evidence] = []
     extra_signals: list[str] = []
 
@@ -1624,7 +599,7 @@ def _decide(found: list[_Evidence], extra_signals: list[str]) -> Analysis:
         key=lambda evidence: evidence.source,
     )
     situations = {evidence.situation for evidence in supporting}
-    situation = next((name for name in _SITUATION_ORDER[winner] if name in situations), "")
+    situation = next((name for name in SITUATIONS[winner] if name in situations), "")
     confidence = _confidence(best, scores[runner_up], permission_only and winner is _AUTH)
     signals = [evidence.signal for evidence in supporting]
     return _analysis(winner, confidence, signals + extra_signals, situation)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import re
-import uuid
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -13,45 +11,18 @@ import orjson
 from selfheal.core.analyzer import analyze
 from selfheal.core.plan import planned_action
 from selfheal.core.sanitize import scrub, scrub_text, shape
-from selfheal.models import Analysis, Category, Failure
+from selfheal.models import Category, ClaimedFailure, Diagnosis, Failure, ReplayResult
 
-__all__ = ["ClaimedFailure", "Diagnosis", "diagnose", "needs_reauthorization", "parked_signals"]
+__all__ = [
+    "diagnose",
+    "failure_reason",
+    "needs_reauthorization",
+    "parked_signals",
+    "replay_failure_reason",
+]
 
 _REASON_LENGTH = 1000
 _INVALID_GRANT = re.compile(r"\binvalid_grant\b", re.IGNORECASE)
-
-
-@dataclass(frozen=True, slots=True)
-class ClaimedFailure:
-    """An integration_events row as claimed, before any coercion."""
-
-    event_id: uuid.UUID
-    service_name: str
-    http_status: Any
-    error_code: Any
-    error_message: Any
-    response_headers: Any
-    payload: Any
-    user_id: uuid.UUID | None
-    endpoint: str | None
-    attempts: int
-    vanished: bool = False  # the event row was deleted after it was queued
-
-    @classmethod
-    def from_row(cls, row: tuple[Any, ...]) -> ClaimedFailure:
-        return cls(*row)
-
-
-@dataclass(frozen=True, slots=True)
-class Diagnosis:
-    event_id: uuid.UUID
-    service_name: str
-    user_id: uuid.UUID | None
-    analysis: Analysis
-    reason: str
-    action: str
-    signals_json: str
-    next_retry_at: datetime | None
 
 
 def diagnose(claimed: ClaimedFailure, now: datetime) -> Diagnosis:
@@ -115,3 +86,13 @@ def needs_reauthorization(oauth_error: str | None) -> bool:
     Accepts the OAuth ``error`` field or the raw token-endpoint body.
     """
     return oauth_error is not None and _INVALID_GRANT.search(oauth_error) is not None
+
+
+def replay_failure_reason(service_name: str, result: ReplayResult | None) -> str | None:
+    """The sanitized reason of the latest replay failure, for the record."""
+    if result is None:
+        return None
+    failure = Failure.coerce(
+        service_name, result.status, result.error_code, result.body_sample, result.headers
+    )
+    return f"replay failed ({analyze(failure).category.value}): {failure_reason(failure)}"

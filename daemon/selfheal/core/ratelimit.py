@@ -20,6 +20,7 @@ __all__ = [
     "parse_retry_after",
     "parse_retry_after_ms",
     "rate_limit_wait",
+    "ratelimit_exhausted",
 ]
 
 #: A server-demanded wait below this is slept in-process; anything longer becomes a deferral.
@@ -118,6 +119,18 @@ def parse_ratelimit_header(
     if others:
         return _clamp(min(others), max_wait)
     return None
+
+
+def ratelimit_exhausted(value: str | None) -> bool:
+    """Whether a ``RateLimit`` header (either form) marks some policy as used up (remaining 0)."""
+    text = _clean(value)
+    if text is None:
+        return False
+    for params in _ratelimit_policies(text):
+        remaining = parse_number(params.get("r") or params.get("remaining") or "")
+        if remaining is not None and remaining <= 0:
+            return True
+    return False
 
 
 def rate_limit_wait(

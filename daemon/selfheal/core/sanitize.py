@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-__all__ = ["REDACTED", "scrub", "scrub_headers", "scrub_text", "shape"]
+__all__ = ["REDACTED", "scrub", "scrub_text", "shape", "storable_text"]
 
 REDACTED = "[REDACTED]"
 
@@ -29,8 +29,6 @@ _SAFE_CUT_CHARS = " \t\r\n\f\v,;\"'{}()<>[]|"
 _MIN_SCANNED_LENGTH = 5
 
 _MAX_KEY_LENGTH = 256
-_MAX_HEADER_VALUE_LENGTH = 1024
-_MAX_HEADERS = 256
 _SHAPE_MAX_KEYS = 256
 # A whole-value budget on top of max_items, so shared or cyclic references cannot
 # turn a depth-bounded walk into an exponential one.
@@ -285,7 +283,7 @@ _RULES: tuple[_Rule, ...] = (
 )
 
 
-def _clean_code_points(text: str) -> str:
+def storable_text(text: str) -> str:
     """Drop NUL and replace lone surrogates: Postgres text and jsonb reject both."""
     if "\x00" in text:
         text = text.replace("\x00", "")
@@ -414,7 +412,7 @@ def scrub_text(text: str, max_length: int = DEFAULT_MAX_LENGTH) -> str:
     scan_limit = 2 * max_length + _SCAN_MARGIN
     window = _cut_at_safe_char(text, scan_limit) if len(text) > scan_limit else text
     dropped = len(text) - len(window)
-    redacted = _redact(_clean_code_points(window))
+    redacted = _redact(storable_text(window))
     if not dropped and len(redacted) <= max_length:
         if redacted == text and len(text) <= _KNOWN_CLEAN_MAX_LENGTH:
             if len(_KNOWN_CLEAN) >= _KNOWN_CLEAN_SIZE:
@@ -619,20 +617,3 @@ def _shape(value: Any, depth: int, max_depth: int) -> Any:
 
 
 # --------------------------------------------------------------------------- headers
-
-
-def scrub_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    """Response headers fit to store: secret-named ones redacted, other values scrubbed."""
-    scrubbed: dict[str, str] = {}
-    try:
-        items = list(headers.items())
-    except Exception:  # a broken Mapping implementation
-        return scrubbed
-    for name, value in items[:_MAX_HEADERS]:
-        clean_name = _unique_key(_key_text(name), scrubbed)
-        if _is_secret_key(clean_name):
-            scrubbed[clean_name] = REDACTED
-        else:
-            text = value if isinstance(value, str) else _scalar_text(value)
-            scrubbed[clean_name] = scrub_text(text, _MAX_HEADER_VALUE_LENGTH)
-    return scrubbed

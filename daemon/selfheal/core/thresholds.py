@@ -7,12 +7,12 @@ from datetime import timedelta
 
 from selfheal.models import Category
 
-__all__ = ["Thresholds", "crosses_threshold"]
+__all__ = ["Thresholds", "crosses_threshold", "threshold_reason"]
 
 
 @dataclass(frozen=True, slots=True)
 class Thresholds:
-    """When a connection (auth) or a service (the rest) is disabled; rate limits never are."""
+    """When a user connection (auth) or a service (the rest) is disabled; rate limits never are."""
 
     auth_consecutive: int = 3
     network_window: timedelta = timedelta(minutes=60)
@@ -34,25 +34,36 @@ class Thresholds:
 
     @property
     def count_cap(self) -> int:
-        """Counting past the largest threshold decides nothing more."""
+        """Counting past the largest service threshold decides nothing more."""
         return max(self.network_failures, self.data_consecutive, self.unknown_consecutive)
 
+    def limit(self, category: Category) -> int | None:
+        """The count that disables, or None: rate limits never disable."""
+        return {
+            Category.AUTH: self.auth_consecutive,
+            Category.NETWORK: self.network_failures,
+            Category.DATA: self.data_consecutive,
+            Category.UNKNOWN: self.unknown_consecutive,
+        }.get(category)
 
-def crosses_threshold(
-    category: Category, consecutive: int, recent_in_window: int, thresholds: Thresholds
-) -> bool:
-    """Whether this failure disables its connection or service.
 
-    Both counts include the current failure: ``consecutive`` for auth (per user connection),
-    data and unknown (per service); ``recent_in_window`` for network, the failures of the
-    service within ``thresholds.network_window``.
+def crosses_threshold(category: Category, count: int, thresholds: Thresholds) -> bool:
+    """Whether this failure disables its user connection (auth) or service (the rest).
+
+    ``count`` includes the current failure and is the category's own count: consecutive
+    failures for auth (per user connection), data and unknown (per service); for network,
+    the service's failures within ``thresholds.network_window``.
     """
-    if category is Category.AUTH:
-        return consecutive >= thresholds.auth_consecutive
+    limit = thresholds.limit(category)
+    return limit is not None and count >= limit
+
+
+def threshold_reason(category: Category, thresholds: Thresholds) -> str:
+    """Why a threshold disabled something, naming the count that crossed it."""
+    limit = thresholds.limit(category)
     if category is Category.NETWORK:
-        return recent_in_window >= thresholds.network_failures
-    if category is Category.DATA:
-        return consecutive >= thresholds.data_consecutive
-    if category is Category.UNKNOWN:
-        return consecutive >= thresholds.unknown_consecutive
-    return False  # rate_limit: the server will let us through eventually
+        minutes = int(thresholds.network_window.total_seconds() // 60)
+        return f"{limit} network failures in {minutes} minutes"
+    if category is Category.AUTH:
+        return f"{limit} consecutive auth failures after refresh attempts"
+    return f"{limit} consecutive {category.value} failures"

@@ -1,17 +1,30 @@
-"""An embedded Postgres (pgserver) for `selfheal run` without DATABASE_URL."""
+"""An embedded Postgres (pgserver) for `selfheal run` without DATABASE_URL; installed with
+the `embedded` extra (`pip install 'pg-selfheal[embedded]'`)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-import platformdirs
+__all__ = ["INSTALL_HINT", "available", "default_data_dir", "start_embedded"]
 
-__all__ = ["default_data_dir", "start_embedded"]
+INSTALL_HINT = "pip install 'pg-selfheal[embedded]'"
+
+
+def available() -> bool:
+    """Whether the `embedded` extra is installed (imported here: it is needed next)."""
+    try:
+        import pgserver  # noqa: F401
+        import platformdirs  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def default_data_dir() -> Path:
     """A per-user data directory, e.g. ~/.local/share/pg-selfheal/pgdata."""
+    import platformdirs
+
     return platformdirs.user_data_path("pg-selfheal") / "pgdata"
 
 

@@ -12,6 +12,7 @@ from importlib.abc import Traversable
 from pathlib import Path
 
 import psycopg
+from psycopg import sql
 
 from selfheal.db import queries
 
@@ -47,7 +48,7 @@ async def apply_migrations(conninfo: str) -> MigrationResult:
             applied: list[str] = []
             for folder in ("migrations", "triggers"):
                 for file in _sql_files(root / folder):
-                    text = file.read_text("utf-8")
+                    text = _with_channels(file.read_text("utf-8"))
                     name = _record_name(folder, file.name, text)
                     if name in done:
                         continue
@@ -58,6 +59,12 @@ async def apply_migrations(conninfo: str) -> MigrationResult:
         finally:
             await conn.execute(queries.UNLOCK_MIGRATIONS, {"key": queries.MIGRATION_LOCK_KEY})
     return MigrationResult(tuple(applied))
+
+
+def _with_channels(text: str) -> str:
+    """The channel names live in db/queries.py; SQL files name them by placeholder."""
+    literal = sql.Literal(queries.FAILURES_CHANNEL).as_string()
+    return text.replace("@FAILURES_CHANNEL@", literal)
 
 
 def _record_name(folder: str, name: str, text: str) -> str:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Final, LiteralString
 
-CHANNEL: Final = "selfheal_failures"
-# Sent with each committed batch of records, for anything that wants to react to them.
-RECORDED_CHANNEL: Final = "selfheal_recorded"
+# The NOTIFY channels. The trigger's is written into sql/triggers by `selfheal migrate`;
+# the others are passed to the statements that notify.
+FAILURES_CHANNEL: Final = "selfheal_failures"  # the trigger: failures queued
+RECORDED_CHANNEL: Final = "selfheal_recorded"  # a batch of records committed (its count)
+OUTCOMES_CHANNEL: Final = "selfheal_outcomes"  # a batch of outcomes committed (its count)
 MIGRATION_LOCK_KEY: Final = 7_415_112_031  # any constant; shared by every `selfheal migrate`
 
 CREATE_MIGRATIONS_TABLE: LiteralString = """
@@ -42,15 +44,17 @@ WITH claimed AS (
     RETURNING q.event_id, q.attempts
 )
 SELECT c.event_id, e.service_name, e.http_status, e.error_code, e.error_message,
-       e.response_headers, e.payload, e.user_id, e.endpoint, c.attempts, e.id IS NULL
+       e.response_headers, e.payload, e.user_id, e.endpoint, c.attempts,
+       e.id IS NULL AS vanished
 FROM claimed c
 LEFT JOIN integration_events e ON e.id = c.event_id
 """
 
 # Named events (`selfheal heal`, `selfheal scan`): no lease, the unique event_id decides.
 CLAIM_EVENTS: LiteralString = """
-SELECT e.id, e.service_name, e.http_status, e.error_code, e.error_message,
-       e.response_headers, e.payload, e.user_id, e.endpoint, COALESCE(q.attempts, 0), false
+SELECT e.id AS event_id, e.service_name, e.http_status, e.error_code, e.error_message,
+       e.response_headers, e.payload, e.user_id, e.endpoint,
+       COALESCE(q.attempts, 0) AS attempts, false AS vanished
 FROM integration_events e
 LEFT JOIN selfheal_inbox q ON q.event_id = e.id
 WHERE e.id = ANY (%(event_ids)s::uuid[]) AND e.status <> 'success'
@@ -79,7 +83,7 @@ WITH done AS (
     ON CONFLICT (event_id) DO NOTHING
     RETURNING id, event_id
 ), notified AS (
-    SELECT pg_notify('selfheal_recorded', count(*)::text) FROM recorded
+    SELECT pg_notify(%(channel)s, count(*)::text) FROM recorded
 )
 SELECT recorded.id, recorded.event_id FROM recorded CROSS JOIN notified
 """
@@ -143,38 +147,47 @@ LIMIT %(limit)s
 """
 
 RECORD_FOR_EVENT: LiteralString = """
-SELECT id, event_id, service_name, failure_category, action_taken, status, next_retry_at
+SELECT id AS recovery_id, failure_category AS category, action_taken, status, next_retry_at
 FROM system_integrity_events WHERE event_id = %(event_id)s
 """
 EVENT_EXISTS: LiteralString = (
     "SELECT EXISTS (SELECT 1 FROM integration_events WHERE id = %(event_id)s)"
 )
 
+# One pass over the records; the inbox is small.
 STATUS_COUNTS: LiteralString = """
-SELECT
-    (SELECT count(*) FROM selfheal_inbox) AS inbox,
-    (SELECT count(*) FROM system_integrity_events) AS records,
-    (SELECT count(*) FROM system_integrity_events WHERE status = 'pending') AS pending,
-    (SELECT count(*) FROM system_integrity_events WHERE status = 'resolved') AS resolved,
-    (SELECT count(*) FROM system_integrity_events WHERE status = 'disabled') AS disabled,
-    (SELECT count(*) FROM system_integrity_events
-        WHERE status = 'pending' AND next_retry_at <= now()) AS due,
-    (SELECT count(*) FROM system_integrity_events
-        WHERE created_at >= now() - interval '1 hour') AS last_hour,
-    (SELECT min(enqueued_at) FROM selfheal_inbox) AS oldest_inbox
+SELECT q.inbox, q.oldest_inbox, s.*
+FROM (SELECT count(*) AS inbox, min(enqueued_at) AS oldest_inbox FROM selfheal_inbox) AS q,
+     (SELECT count(*) AS records,
+             count(*) FILTER (WHERE status = 'pending') AS pending,
+             count(*) FILTER (WHERE status = 'resolved') AS resolved,
+             count(*) FILTER (WHERE status = 'disabled') AS disabled,
+             count(*) FILTER (WHERE status = 'pending' AND next_retry_at <= now()) AS due,
+             count(*) FILTER (WHERE created_at >= now() - interval '1 hour') AS last_hour
+      FROM system_integrity_events) AS s
 """
 STATUS_BY_CATEGORY: LiteralString = """
 SELECT failure_category, status, count(*)
 FROM system_integrity_events GROUP BY 1, 2 ORDER BY 1, 2
 """
 DISABLED_TARGETS: LiteralString = """
-SELECT m.service_name, NULL::uuid AS user_id, m.disabled_reason, m.disabled_at
+SELECT m.service_name, NULL::uuid AS user_id, m.disabled_reason AS reason, m.disabled_at
 FROM integrations_master m WHERE NOT m.auto_recovery_enabled
 UNION ALL
-SELECT m.service_name, u.user_id, u.disabled_reason, u.disabled_at
+SELECT m.service_name, u.user_id, u.disabled_reason AS reason, u.disabled_at
 FROM user_integrations u JOIN integrations_master m ON m.id = u.integration_id
 WHERE NOT u.auto_recovery_enabled
 ORDER BY 1, 2
+"""
+
+# Services whose recoveries keep failing: recovery_fail_count counts the unhealed failures
+# since the last success or `selfheal enable`.
+FAILING_SERVICES: LiteralString = """
+SELECT service_name, recovery_fail_count, last_recovery_at
+FROM integrations_master
+WHERE recovery_fail_count > 0 AND auto_recovery_enabled
+ORDER BY recovery_fail_count DESC, service_name
+LIMIT 20
 """
 
 ENABLE_SERVICE: LiteralString = """
@@ -209,8 +222,9 @@ RETURNING id
 # --- recovery ---------------------------------------------------------------------------
 
 # Lease due records (not in their service's rate-limit window) with everything recovery
-# needs. `threshold_count` counts the service's failures of the same category up to this
-# one, since the counters were last reset (within the window for network), capped.
+# needs, as the columns of models.Job. `threshold_count` counts the service's failures of
+# the same category up to this one, since the counters were last reset (within the window
+# for network), capped: the number core/thresholds.py decides on.
 CLAIM_DUE: LiteralString = """
 WITH due AS (
     SELECT s.id
@@ -231,12 +245,15 @@ WITH due AS (
     RETURNING s.id, s.event_id, s.service_name, s.failure_category, s.attempts, s.deferrals,
               s.created_at
 )
-SELECT c.id, c.event_id, c.service_name, c.failure_category, c.attempts, c.deferrals,
-       e.endpoint, e.http_method, e.payload, e.response_headers,
-       COALESCE(e.created_at, c.created_at),
-       m.id, COALESCE(m.auto_recovery_enabled, true), m.oauth_config,
-       u.id, COALESCE(u.auto_recovery_enabled, true), u.access_token, u.refresh_token,
-       COALESCE(u.consecutive_failures, 0),
+SELECT c.id AS record_id, c.event_id, c.service_name, c.failure_category AS category,
+       c.attempts, c.deferrals, e.endpoint, e.http_method, e.payload, e.response_headers,
+       COALESCE(e.created_at, c.created_at) AS failed_at,
+       m.id AS service_id, COALESCE(m.auto_recovery_enabled, true) AS service_enabled,
+       m.oauth_config,
+       u.id AS user_connection_id,
+       COALESCE(u.auto_recovery_enabled, true) AS user_connection_enabled,
+       u.access_token, u.refresh_token,
+       COALESCE(u.consecutive_failures, 0) AS user_connection_failures,
        (SELECT count(*) FROM (
             SELECT 1 FROM system_integrity_events x
             WHERE x.service_name = c.service_name
@@ -245,8 +262,8 @@ SELECT c.id, c.event_id, c.service_name, c.failure_category, c.attempts, c.defer
               AND x.created_at >= COALESCE(m.counters_reset_at, '-infinity')
               AND (c.failure_category <> 'network'
                    OR x.created_at > c.created_at - make_interval(secs => %(window_seconds)s))
-            LIMIT %(count_cap)s) AS counted),
-       e.id IS NULL
+            LIMIT %(count_cap)s) AS counted) AS threshold_count,
+       e.id IS NULL AS event_deleted
 FROM claimed c
 LEFT JOIN integration_events e ON e.id = c.event_id
 LEFT JOIN integrations_master m ON m.service_name = c.service_name
@@ -321,7 +338,7 @@ WITH o AS (
         %(service_disable)s::text[], %(service_window)s::timestamptz[]
     ) AS v(id, reset, failed, disable_reason, rate_limited_until), held
     WHERE m.id = v.id AND held.ok
-), connections AS (
+), user_connections AS (
     UPDATE user_integrations u
     SET consecutive_failures = CASE WHEN v.reset THEN v.failed
                                     ELSE u.consecutive_failures + v.failed END,
@@ -330,25 +347,27 @@ WITH o AS (
         disabled_reason = COALESCE(v.disable_reason, u.disabled_reason),
         disabled_at = CASE WHEN v.disable_reason IS NOT NULL THEN now() ELSE u.disabled_at END
     FROM unnest(
-        %(connection_ids)s::uuid[], %(connection_reset)s::bool[], %(connection_failed)s::int[],
-        %(connection_disable)s::text[], %(connection_errored)s::bool[]
+        %(user_connection_ids)s::uuid[], %(user_connection_reset)s::bool[],
+        %(user_connection_failed)s::int[], %(user_connection_disable)s::text[],
+        %(user_connection_errored)s::bool[]
     ) AS v(id, reset, failed, disable_reason, errored), held
     WHERE u.id = v.id AND held.ok
 ), notified AS (
-    SELECT pg_notify('selfheal_outcomes', count(*)::text) FROM records
+    SELECT pg_notify(%(channel)s, count(*)::text) FROM records
 )
 SELECT count(*) FROM records CROSS JOIN notified
 """
 
 # Token refresh, serialized per user connection across daemons (held for the refresh).
-LOCK_CONNECTION: LiteralString = (
+LOCK_USER_CONNECTION: LiteralString = (
     "SELECT pg_advisory_lock(hashtextextended('selfheal.refresh:' || %(id)s::text, 0))"
 )
-UNLOCK_CONNECTION: LiteralString = (
+UNLOCK_USER_CONNECTION: LiteralString = (
     "SELECT pg_advisory_unlock(hashtextextended('selfheal.refresh:' || %(id)s::text, 0))"
 )
-CONNECTION_TOKENS: LiteralString = """
-SELECT access_token, refresh_token, token_refreshed_at, reauth_token_digest
+USER_CONNECTION_TOKENS: LiteralString = """
+SELECT access_token, refresh_token, token_refreshed_at AS refreshed_at,
+       reauth_token_digest AS reauth_digest
 FROM user_integrations WHERE id = %(id)s
 """
 SAVE_TOKENS: LiteralString = """

@@ -1,4 +1,6 @@
-"""The one object through which the daemon talks to Postgres; errors translated at this edge."""
+"""The one object through which the daemon talks to Postgres; errors translated at this
+edge (temporary: DatabaseUnavailable; permanent: DatabaseError); rows read by name into the
+values of models.py."""
 
 from __future__ import annotations
 
@@ -7,37 +9,49 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, LiteralString
+from typing import Any, LiteralString, TypeVar
 
 import anyio
 import psycopg
 from psycopg import sql
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg.rows import AsyncRowFactory, class_row, dict_row, kwargs_row, tuple_row
+from psycopg_pool import AsyncConnectionPool
 
-from selfheal.core.diagnose import ClaimedFailure, Diagnosis
+from selfheal.core.effects import fold_effects
 from selfheal.core.thresholds import Thresholds
 from selfheal.db import queries
-from selfheal.http.outbound import TokenGrant
+from selfheal.errors import DatabaseError, DatabaseUnavailable, ServiceRegistrationFailed
 from selfheal.logs import first_line
-from selfheal.models import Category, Status
-from selfheal.services.execute import Job, Outcome
+from selfheal.models import (
+    ClaimedFailure,
+    Diagnosis,
+    Job,
+    Outcome,
+    Recorded,
+    TokenGrant,
+    UserConnectionTokens,
+)
 
-__all__ = ["DatabaseUnavailable", "Recorded", "Store"]
-
-
-class DatabaseUnavailable(Exception):
-    """Postgres cannot be used right now (unreachable, restarting, read-only after a
-    failover, a privilege revoked): try again later."""
-
-
-class ServiceRegistrationFailed(Exception):
-    """integrations_master would not take a row with just a service_name (permanent)."""
+__all__ = ["DisabledTarget", "RecordSummary", "Store"]
 
 
 @dataclass(frozen=True, slots=True)
-class Recorded:
+class RecordSummary:
+    """What `selfheal heal` reports of one record."""
+
     recovery_id: uuid.UUID
-    diagnosis: Diagnosis
+    category: str
+    action_taken: str | None
+    status: str
+    next_retry_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class DisabledTarget:
+    service_name: str
+    user_id: uuid.UUID | None
+    reason: str | None
+    disabled_at: datetime | None
 
 
 # Errors of the database as a whole, not of one row: wait and try again.
@@ -52,6 +66,14 @@ _UNAVAILABLE = (
 )
 
 
+def _translated(exc: psycopg.Error) -> DatabaseUnavailable | DatabaseError:
+    """The project's error for a psycopg one: temporary for the database as a whole,
+    permanent for what a statement carried."""
+    if isinstance(exc, (psycopg.OperationalError, *_UNAVAILABLE)):  # PoolTimeout is one
+        return DatabaseUnavailable(first_line(exc))
+    return DatabaseError(f"{type(exc).__name__}: {first_line(exc)}")
+
+
 async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
     # A commit lost in a Postgres crash loses the record and its inbox deletion together
     # (one statement): the lease runs out and the failure is diagnosed again. So no
@@ -63,10 +85,13 @@ def _ignore(_: psycopg.Notify) -> None:
     """The warm-up NOTIFYs carry nothing the claimer needs (the listener has them)."""
 
 
-class _Dedicated:
-    """One connection kept for one job: on the hot path a pool checkout costs as much as
-    the query. A connection found dead (Postgres restarted while it was idle) is replaced
-    and the statement sent once more; every statement run here is safe to repeat."""
+_Row = TypeVar("_Row")
+
+
+class _HotPath:
+    """The connection of one hot-path job (claims, records): a pool checkout would cost as
+    much as the query. A connection found dead (Postgres restarted while it was idle) is
+    replaced and the statement sent once more; every statement run here is safe to repeat."""
 
     def __init__(self, conninfo: str, *, warm: bool = False) -> None:
         self._conninfo = conninfo
@@ -76,30 +101,34 @@ class _Dedicated:
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self._lock = anyio.Lock()
 
-    async def fetchall(self, query: LiteralString, params: dict[str, Any]) -> list[Any]:
+    async def fetchall(
+        self, query: LiteralString, params: dict[str, Any], rows: AsyncRowFactory[_Row]
+    ) -> list[_Row]:
         async with self._lock:
             for attempt in (1, 2):
                 fresh = self._conn is None
                 try:
-                    if self._conn is None:
-                        self._conn = await psycopg.AsyncConnection.connect(
-                            self._conninfo, autocommit=True
-                        )
-                        await _configure(self._conn)
-                        if self._warm:
-                            self._conn.add_notify_handler(_ignore)
-                            await self._conn.execute(
-                                sql.SQL("LISTEN {}").format(sql.Identifier(queries.CHANNEL))
-                            )
-                    cur = await self._conn.execute(query, params)
-                    return await cur.fetchall()
+                    conn = self._conn or await self._connect()
+                    async with conn.cursor(row_factory=rows) as cur:
+                        await cur.execute(query, params)
+                        return await cur.fetchall()
                 except psycopg.OperationalError as exc:
                     await self.close()
                     if fresh or attempt == 2:
-                        raise DatabaseUnavailable(str(exc)) from exc
-                except _UNAVAILABLE as exc:
-                    raise DatabaseUnavailable(str(exc)) from exc
+                        raise _translated(exc) from exc
+                except psycopg.Error as exc:
+                    raise _translated(exc) from exc
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _connect(self) -> psycopg.AsyncConnection[Any]:
+        self._conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
+        await _configure(self._conn)
+        if self._warm:
+            self._conn.add_notify_handler(_ignore)
+            await self._conn.execute(
+                sql.SQL("LISTEN {}").format(sql.Identifier(queries.FAILURES_CHANNEL))
+            )
+        return self._conn
 
     async def close(self) -> None:
         if self._conn is not None:
@@ -107,13 +136,17 @@ class _Dedicated:
         self._conn = None
 
 
+_CLAIMED = class_row(ClaimedFailure)
+_JOB = kwargs_row(Job.from_columns)
+
+
 class Store:
     def __init__(self, pool: AsyncConnectionPool[Any], conninfo: str, pool_size: int) -> None:
         self._pool = pool
         # Claims and records run on connections of their own, so that the claimer can
         # diagnose one batch while the previous one is being written.
-        self._claims = _Dedicated(conninfo, warm=True)
-        self._records = _Dedicated(conninfo)
+        self._claims = _HotPath(conninfo, warm=True)
+        self._records = _HotPath(conninfo)
         self._refresh_locks: dict[uuid.UUID, anyio.Lock] = {}
         self._refreshing = anyio.Semaphore(max(1, pool_size // 2))
 
@@ -143,21 +176,31 @@ class Store:
         try:
             async with self._pool.connection() as conn:
                 yield conn
-        except (psycopg.OperationalError, PoolTimeout, *_UNAVAILABLE) as exc:
-            raise DatabaseUnavailable(str(exc)) from exc
+        except psycopg.Error as exc:
+            raise _translated(exc) from exc
+
+    async def _fetchall(
+        self, query: LiteralString, params: dict[str, Any], rows: AsyncRowFactory[_Row]
+    ) -> list[_Row]:
+        async with self._connection() as conn, conn.cursor(row_factory=rows) as cur:
+            await cur.execute(query, params)
+            return await cur.fetchall()
+
+    async def _execute(self, query: LiteralString, params: dict[str, Any]) -> None:
+        async with self._connection() as conn:
+            await conn.execute(query, params)
+
+    # --- claim, diagnose, record ---------------------------------------------------------
 
     async def claim(self, limit: int, lease_seconds: float) -> list[ClaimedFailure]:
         """Lease up to `limit` failures from the inbox."""
-        rows = await self._claims.fetchall(
-            queries.CLAIM_FAILURES, {"limit": limit, "lease_seconds": lease_seconds}
+        return await self._claims.fetchall(
+            queries.CLAIM_FAILURES, {"limit": limit, "lease_seconds": lease_seconds}, _CLAIMED
         )
-        return [ClaimedFailure.from_row(row) for row in rows]
 
     async def claim_events(self, event_ids: Sequence[uuid.UUID]) -> list[ClaimedFailure]:
         """The named failures that have no record yet."""
-        async with self._connection() as conn:
-            cur = await conn.execute(queries.CLAIM_EVENTS, {"event_ids": list(event_ids)})
-            return [ClaimedFailure.from_row(row) for row in await cur.fetchall()]
+        return await self._fetchall(queries.CLAIM_EVENTS, {"event_ids": list(event_ids)}, _CLAIMED)
 
     async def record(
         self, diagnoses: Sequence[Diagnosis], done: Sequence[uuid.UUID], *, overlap: bool = False
@@ -168,104 +211,32 @@ class Store:
         for full batches: on a VM, waking an idle second backend costs more than a small
         write (about 0.8 ms here), so a lone failure stays on the warm claim connection.
         """
-        dedicated = self._records if overlap else self._claims
-        rows = await dedicated.fetchall(
-            queries.RECORD_DIAGNOSES, {**_columns(diagnoses), "done_ids": list(done)}
+        hot_path = self._records if overlap else self._claims
+        rows = await hot_path.fetchall(
+            queries.RECORD_DIAGNOSES,
+            {
+                **_diagnosis_columns(diagnoses),
+                "done_ids": list(done),
+                "channel": queries.RECORDED_CHANNEL,
+            },
+            tuple_row,
         )
         ids = {event_id: record_id for record_id, event_id in rows}
         return [Recorded(ids[d.event_id], d) for d in diagnoses if d.event_id in ids]
 
-    # --- recovery -----------------------------------------------------------------------
-
-    async def claim_due(
-        self,
-        limit: int,
-        owner: str,
-        lease_seconds: float,
-        thresholds: Thresholds,
-        record_ids: Sequence[uuid.UUID] | None = None,
-    ) -> list[Job]:
-        """Lease records due for recovery (only the named ones, if given)."""
-        async with self._connection() as conn:
-            cur = await conn.execute(
-                queries.CLAIM_DUE,
-                {
-                    "limit": limit,
-                    "owner": owner,
-                    "lease_seconds": lease_seconds,
-                    "record_ids": None if record_ids is None else list(record_ids),
-                    "window_seconds": thresholds.network_window.total_seconds(),
-                    "count_cap": thresholds.count_cap,
-                },
-            )
-            return [Job.from_row(row) for row in await cur.fetchall()]
-
-    async def register_services(self, names: Sequence[str]) -> dict[str, uuid.UUID]:
-        """Create integrations_master rows for unknown services; returns the new ids."""
-        try:
-            async with self._connection() as conn:
-                cur = await conn.execute(queries.REGISTER_SERVICES, {"names": list(names)})
-                return {name: service_id for service_id, name in await cur.fetchall()}
-        except psycopg.Error as exc:  # e.g. an existing table with more required columns
-            raise ServiceRegistrationFailed(first_line(exc)) from exc
-
-    async def seconds_until_due(self) -> float | None:
-        async with self._connection() as conn:
-            cur = await conn.execute(queries.SECONDS_UNTIL_DUE)
-            row = await cur.fetchone()
-        return None if row is None or row[0] is None else float(row[0])
-
-    async def record_outcomes(self, outcomes: Sequence[Outcome], owner: str) -> int:
-        async with self._connection() as conn:
-            cur = await conn.execute(
-                queries.RECORD_OUTCOMES, {**_outcome_columns(outcomes), "owner": owner}
-            )
-            row = await cur.fetchone()
-        return int(row[0]) if row else 0
-
-    @asynccontextmanager
-    async def refresh_lock(self, connection_id: uuid.UUID) -> AsyncIterator[TokenSession]:
-        """Held while one user connection's token is refreshed: in this process (waiters
-        hold no database connection) and across daemons (an advisory lock). Reads and
-        writes of the tokens go through the lock's own connection, and refreshes at once
-        are capped, so refreshing can never take every connection of the pool."""
-        local = self._refresh_locks.setdefault(connection_id, anyio.Lock())
-        async with local, self._refreshing, self._connection() as conn:
-            await conn.execute(queries.LOCK_CONNECTION, {"id": connection_id})
-            try:
-                yield TokenSession(conn, connection_id)
-            finally:
-                await conn.execute(queries.UNLOCK_CONNECTION, {"id": connection_id})
-        if not local.statistics().tasks_waiting:
-            self._refresh_locks.pop(connection_id, None)
-
-    async def renew_leases(self, owner: str, lease_seconds: float) -> None:
-        async with self._connection() as conn:
-            await conn.execute(
-                queries.RENEW_LEASES, {"owner": owner, "lease_seconds": lease_seconds}
-            )
-
-    async def release_records(self, owner: str) -> None:
-        async with self._connection() as conn:
-            await conn.execute(queries.RELEASE_RECORDS, {"owner": owner})
-
-    async def release(self, event_ids: Sequence[uuid.UUID]) -> None:
-        async with self._connection() as conn:
-            await conn.execute(queries.RELEASE_FAILURES, {"event_ids": list(event_ids)})
-
     async def defer(self, event_id: uuid.UUID, attempts: int, delay: float, error: str) -> None:
-        async with self._connection() as conn:
-            await conn.execute(
-                queries.DEFER_FAILURE,
-                {"event_id": event_id, "attempts": attempts, "delay": delay, "error": error},
-            )
+        await self._execute(
+            queries.DEFER_FAILURE,
+            {"event_id": event_id, "attempts": attempts, "delay": delay, "error": error},
+        )
 
     async def park(self, event_id: uuid.UUID, reason: str, signals_json: str) -> None:
-        async with self._connection() as conn:
-            await conn.execute(
-                queries.PARK_FAILURE,
-                {"event_id": event_id, "reason": reason, "signals": signals_json},
-            )
+        await self._execute(
+            queries.PARK_FAILURE, {"event_id": event_id, "reason": reason, "signals": signals_json}
+        )
+
+    async def release(self, event_ids: Sequence[uuid.UUID]) -> None:
+        await self._execute(queries.RELEASE_FAILURES, {"event_ids": list(event_ids)})
 
     async def enqueue_backlog(self, chunk: int) -> tuple[int, int]:
         """Put every unrecorded failure, however old, into the inbox; (seen, queued)."""
@@ -275,11 +246,7 @@ class Store:
             while True:
                 cur = await conn.execute(
                     queries.ENQUEUE_BACKLOG,
-                    {
-                        "after_created_at": after[0],
-                        "after_id": after[1],
-                        "limit": chunk,
-                    },
+                    {"after_created_at": after[0], "after_id": after[1], "limit": chunk},
                 )
                 row = await cur.fetchone()
                 assert row is not None  # noqa: S101 - an aggregate always returns a row
@@ -291,83 +258,139 @@ class Store:
                 after = (last_created_at, last_id)
 
     async def unrecorded_failures(self, window_minutes: float, limit: int) -> list[uuid.UUID]:
-        async with self._connection() as conn:
-            cur = await conn.execute(
-                queries.UNRECORDED_FAILURES, {"window_minutes": window_minutes, "limit": limit}
-            )
-            return [row[0] for row in await cur.fetchall()]
+        rows = await self._fetchall(
+            queries.UNRECORDED_FAILURES,
+            {"window_minutes": window_minutes, "limit": limit},
+            tuple_row,
+        )
+        return [row[0] for row in rows]
 
-    async def record_for_event(self, event_id: uuid.UUID) -> tuple[Any, ...] | None:
-        async with self._connection() as conn:
-            cur = await conn.execute(queries.RECORD_FOR_EVENT, {"event_id": event_id})
-            return await cur.fetchone()
+    # --- plan, execute, record the outcome -----------------------------------------------
+
+    async def claim_due(
+        self,
+        limit: int,
+        owner: str,
+        lease_seconds: float,
+        thresholds: Thresholds,
+        record_ids: Sequence[uuid.UUID] | None = None,
+    ) -> list[Job]:
+        """Lease records due for recovery (only the named ones, if given)."""
+        return await self._fetchall(
+            queries.CLAIM_DUE,
+            {
+                "limit": limit,
+                "owner": owner,
+                "lease_seconds": lease_seconds,
+                "record_ids": None if record_ids is None else list(record_ids),
+                "window_seconds": thresholds.network_window.total_seconds(),
+                "count_cap": thresholds.count_cap,
+            },
+            _JOB,
+        )
+
+    async def register_services(self, names: Sequence[str]) -> dict[str, uuid.UUID]:
+        """Create integrations_master rows for unknown services; returns the new ids."""
+        try:
+            rows = await self._fetchall(
+                queries.REGISTER_SERVICES, {"names": list(names)}, tuple_row
+            )
+        except DatabaseError as exc:  # e.g. an existing table with more required columns
+            raise ServiceRegistrationFailed(str(exc)) from exc
+        return {name: service_id for service_id, name in rows}
+
+    async def seconds_until_due(self) -> float | None:
+        rows = await self._fetchall(queries.SECONDS_UNTIL_DUE, {}, tuple_row)
+        return None if not rows or rows[0][0] is None else float(rows[0][0])
+
+    async def record_outcomes(self, outcomes: Sequence[Outcome], owner: str) -> int:
+        rows = await self._fetchall(
+            queries.RECORD_OUTCOMES,
+            {**_outcome_columns(outcomes), "owner": owner, "channel": queries.OUTCOMES_CHANNEL},
+            tuple_row,
+        )
+        return int(rows[0][0]) if rows else 0
+
+    @asynccontextmanager
+    async def refresh_lock(self, user_connection_id: uuid.UUID) -> AsyncIterator[_LockedTokens]:
+        """Held while one user connection's token is refreshed: in this process (waiters
+        hold no database connection) and across daemons (an advisory lock). Reads and
+        writes of the tokens go through the lock's own connection, and refreshes at once
+        are capped, so refreshing can never take every connection of the pool."""
+        local = self._refresh_locks.setdefault(user_connection_id, anyio.Lock())
+        async with local, self._refreshing, self._connection() as conn:
+            await conn.execute(queries.LOCK_USER_CONNECTION, {"id": user_connection_id})
+            try:
+                yield _LockedTokens(conn, user_connection_id)
+            finally:
+                await conn.execute(queries.UNLOCK_USER_CONNECTION, {"id": user_connection_id})
+        if not local.statistics().tasks_waiting:
+            self._refresh_locks.pop(user_connection_id, None)
+
+    async def renew_leases(self, owner: str, lease_seconds: float) -> None:
+        await self._execute(queries.RENEW_LEASES, {"owner": owner, "lease_seconds": lease_seconds})
+
+    async def release_records(self, owner: str) -> None:
+        await self._execute(queries.RELEASE_RECORDS, {"owner": owner})
+
+    # --- operators -----------------------------------------------------------------------
+
+    async def record_for_event(self, event_id: uuid.UUID) -> RecordSummary | None:
+        rows = await self._fetchall(
+            queries.RECORD_FOR_EVENT, {"event_id": event_id}, class_row(RecordSummary)
+        )
+        return rows[0] if rows else None
 
     async def event_exists(self, event_id: uuid.UUID) -> bool:
-        async with self._connection() as conn:
-            cur = await conn.execute(queries.EVENT_EXISTS, {"event_id": event_id})
-            row = await cur.fetchone()
-            return bool(row and row[0])
+        rows = await self._fetchall(queries.EVENT_EXISTS, {"event_id": event_id}, tuple_row)
+        return bool(rows and rows[0][0])
 
     async def status(self) -> dict[str, Any]:
-        async with self._connection() as conn:
-            cur = await conn.execute(queries.STATUS_COUNTS)
-            row = await cur.fetchone()
-            assert row is not None and cur.description is not None  # noqa: S101
-            counts = dict(zip((c.name for c in cur.description), row, strict=True))
-            cur = await conn.execute(queries.STATUS_BY_CATEGORY)
-            by_category: dict[str, dict[str, int]] = {}
-            for category, status, count in await cur.fetchall():
-                by_category.setdefault(category, {})[status] = count
-            cur = await conn.execute(queries.DISABLED_TARGETS)
-            disabled = [
-                {"service_name": s, "user_id": u, "reason": r, "disabled_at": at}
-                for s, u, r, at in await cur.fetchall()
-            ]
-        return {**counts, "by_category": by_category, "disabled_targets": disabled}
+        counts = (await self._fetchall(queries.STATUS_COUNTS, {}, dict_row))[0]
+        by_category: dict[str, dict[str, int]] = {}
+        for category, status, count in await self._fetchall(
+            queries.STATUS_BY_CATEGORY, {}, tuple_row
+        ):
+            by_category.setdefault(category, {})[status] = count
+        disabled = await self._fetchall(queries.DISABLED_TARGETS, {}, dict_row)
+        failing = await self._fetchall(queries.FAILING_SERVICES, {}, dict_row)
+        return {
+            **counts,
+            "by_category": by_category,
+            "disabled_targets": disabled,
+            "failing_services": failing,
+        }
 
     async def enable(self, service_name: str, user_id: uuid.UUID | None) -> int:
         """Re-enable recovery for a service (or one user's connection); resets counters."""
-        async with self._connection() as conn:
-            if user_id is None:
-                cur = await conn.execute(queries.ENABLE_SERVICE, {"service_name": service_name})
-            else:
-                cur = await conn.execute(
-                    queries.ENABLE_USER_CONNECTION,
-                    {"service_name": service_name, "user_id": user_id},
-                )
-            return len(await cur.fetchall())
+        if user_id is None:
+            rows = await self._fetchall(
+                queries.ENABLE_SERVICE, {"service_name": service_name}, tuple_row
+            )
+        else:
+            rows = await self._fetchall(
+                queries.ENABLE_USER_CONNECTION,
+                {"service_name": service_name, "user_id": user_id},
+                tuple_row,
+            )
+        return len(rows)
 
     async def inject(self, values: dict[str, Any]) -> uuid.UUID:
-        async with self._connection() as conn:
-            cur = await conn.execute(queries.INJECT_FAILURE, values)
-            row = await cur.fetchone()
-            assert row is not None  # noqa: S101 - INSERT ... RETURNING one row
-            return uuid.UUID(str(row[0]))
+        rows = await self._fetchall(queries.INJECT_FAILURE, values, tuple_row)
+        return uuid.UUID(str(rows[0][0]))
 
 
-def _columns(diagnoses: Sequence[Diagnosis]) -> dict[str, list[Any]]:
-    return {
-        "event_ids": [d.event_id for d in diagnoses],
-        "service_names": [d.service_name for d in diagnoses],
-        "user_ids": [d.user_id for d in diagnoses],
-        "reasons": [d.reason for d in diagnoses],
-        "categories": [d.analysis.category.value for d in diagnoses],
-        "actions": [d.action for d in diagnoses],
-        "signals": [d.signals_json for d in diagnoses],
-        "next_retry_at": [d.next_retry_at for d in diagnoses],
-    }
-
-
-class TokenSession:
+class _LockedTokens:
     """The tokens of one user connection, read and written under its refresh lock."""
 
-    def __init__(self, conn: psycopg.AsyncConnection[Any], connection_id: uuid.UUID) -> None:
+    def __init__(self, conn: psycopg.AsyncConnection[Any], user_connection_id: uuid.UUID) -> None:
         self._conn = conn
-        self._id = connection_id
+        self._id = user_connection_id
 
-    async def tokens(self) -> tuple[Any, ...] | None:
-        cur = await self._conn.execute(queries.CONNECTION_TOKENS, {"id": self._id})
-        return await cur.fetchone()
+    async def tokens(self) -> UserConnectionTokens | None:
+        async with self._conn.cursor(row_factory=class_row(UserConnectionTokens)) as cur:
+            await cur.execute(queries.USER_CONNECTION_TOKENS, {"id": self._id})
+            return await cur.fetchone()
 
     async def save(self, grant: TokenGrant) -> datetime:
         """Store the new tokens in one statement, committed before they are used."""
@@ -389,30 +412,24 @@ class TokenSession:
         await self._conn.execute(queries.MARK_REAUTH_REQUIRED, {"id": self._id, "digest": digest})
 
 
+def _diagnosis_columns(diagnoses: Sequence[Diagnosis]) -> dict[str, list[Any]]:
+    return {
+        "event_ids": [d.event_id for d in diagnoses],
+        "service_names": [d.service_name for d in diagnoses],
+        "user_ids": [d.user_id for d in diagnoses],
+        "reasons": [d.reason for d in diagnoses],
+        "categories": [d.analysis.category.value for d in diagnoses],
+        "actions": [d.action for d in diagnoses],
+        "signals": [d.signals_json for d in diagnoses],
+        "next_retry_at": [d.next_retry_at for d in diagnoses],
+    }
+
+
 def _outcome_columns(outcomes: Sequence[Outcome]) -> dict[str, list[Any]]:
-    """The batch as arrays, with per-service and per-connection effects folded in order."""
-    services: dict[uuid.UUID, list[Any]] = {}  # id -> [reset, failed, disable, window]
-    connections: dict[uuid.UUID, list[Any]] = {}  # id -> [reset, failed, disable, errored]
-    # In arrival order: the failure that crossed a threshold names the reason.
-    for o in sorted(outcomes, key=lambda o: o.job.failed_at):
-        job = o.job
-        if job.service_id is not None:
-            effect = services.setdefault(job.service_id, [False, 0, None, None])
-            if o.resolved:
-                effect[0:2] = [True, 0]
-            elif job.category is not Category.AUTH and o.status is not Status.DISABLED:
-                effect[1] += 1
-            effect[2] = effect[2] or o.disable_service
-            if o.rate_limited_until is not None:
-                effect[3] = max(filter(None, (effect[3], o.rate_limited_until)))
-        if job.connection_id is not None:
-            effect = connections.setdefault(job.connection_id, [False, 0, None, False])
-            if o.resolved:
-                effect[0:2] = [True, 0]
-            else:
-                effect[1] += o.connection_failed
-                effect[3] = True
-            effect[2] = effect[2] or o.disable_connection
+    """The batch as arrays: one per record column, one per service and user-connection
+    effect (core/effects.py folds them)."""
+    effects = fold_effects(outcomes)
+    services, users = effects.services, effects.user_connections
     return {
         "record_ids": [o.job.record_id for o in outcomes],
         "event_ids": [o.job.event_id for o in outcomes],
@@ -422,14 +439,14 @@ def _outcome_columns(outcomes: Sequence[Outcome]) -> dict[str, list[Any]]:
         "deferrals": [o.deferrals if o.next_retry_at else o.job.deferrals for o in outcomes],
         "next_retry_at": [o.next_retry_at for o in outcomes],
         "reasons": [o.reason for o in outcomes],
-        "service_ids": list(services),
-        "service_reset": [e[0] for e in services.values()],
-        "service_failed": [e[1] for e in services.values()],
-        "service_disable": [e[2] for e in services.values()],
-        "service_window": [e[3] for e in services.values()],
-        "connection_ids": list(connections),
-        "connection_reset": [e[0] for e in connections.values()],
-        "connection_failed": [e[1] for e in connections.values()],
-        "connection_disable": [e[2] for e in connections.values()],
-        "connection_errored": [e[3] for e in connections.values()],
+        "service_ids": [e.service_id for e in services],
+        "service_reset": [e.reset for e in services],
+        "service_failed": [e.failed for e in services],
+        "service_disable": [e.disable_reason for e in services],
+        "service_window": [e.rate_limited_until for e in services],
+        "user_connection_ids": [e.user_connection_id for e in users],
+        "user_connection_reset": [e.reset for e in users],
+        "user_connection_failed": [e.failed for e in users],
+        "user_connection_disable": [e.disable_reason for e in users],
+        "user_connection_errored": [e.errored for e in users],
     }

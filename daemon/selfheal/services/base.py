@@ -1,14 +1,22 @@
-"""A coalescing wake-up signal between tasks, and the reconnect backoff."""
+"""The base of every long-running loop of the daemon (listener, claimer, scanner, healer,
+and the coming notifier and advisor): a step, then a wait for a wake-up or the period,
+with a jittered backoff while Postgres (or whatever the step needs) is away."""
 
 from __future__ import annotations
 
 import random
+from collections.abc import Awaitable, Callable
+from typing import ClassVar
 
 import anyio
 
-from selfheal.core import retry
+from selfheal.core.retry import reconnect_delay
+from selfheal.errors import TemporaryError
+from selfheal.logs import first_line, get_logger
 
-__all__ = ["Gate", "Wakeup", "reconnect_delay"]
+__all__ = ["Backoff", "Gate", "Service", "Wakeup", "retry_until_done", "sole_error"]
+
+log = get_logger()
 
 
 class Wakeup:
@@ -49,5 +57,79 @@ class Gate:
         await self._open.wait()
 
 
-def reconnect_delay(attempt: int, cap: float) -> float:
-    return retry.reconnect_delay(attempt, cap, random.random())  # noqa: S311 - jitter
+class Backoff:
+    """The jittered, capped backoff while something is away: each failure waits longer,
+    `reset()` after a success starts again from 0.1 s."""
+
+    def __init__(self, cap: float) -> None:
+        self._cap = cap
+        self._failures = 0
+
+    def reset(self) -> None:
+        self._failures = 0
+
+    def next_delay(self) -> float:
+        delay = reconnect_delay(self._failures, self._cap, random.random())  # noqa: S311
+        self._failures += 1
+        return round(delay, 3)
+
+
+class Service:
+    """A loop that runs `step()`, then waits for its wake-up or `period()` (or the wait the
+    step returned, when shorter). A TemporaryError from the step is logged as
+    `{name}.db_unavailable` and retried after a jittered, capped backoff. `stop()` ends
+    the loop after the step in progress."""
+
+    name: ClassVar[str] = "service"
+
+    def __init__(self, wakeup: Wakeup, *, period: float, reconnect_cap: float) -> None:
+        self.wakeup = wakeup
+        self._period = period
+        self.backoff = Backoff(reconnect_cap)
+        self.stopping = False
+
+    def stop(self) -> None:
+        self.stopping = True
+        self.wakeup.set()
+
+    async def step(self) -> float | None:
+        """One round of work; may return how soon the next one is due."""
+        raise NotImplementedError
+
+    def on_unavailable(self, exc: TemporaryError, retry_in: float) -> None:
+        log.warning(f"{self.name}.db_unavailable", error=first_line(exc), retry_in=retry_in)
+
+    async def run(self) -> None:
+        while not self.stopping:
+            try:
+                due = await self.step()
+            except TemporaryError as exc:
+                delay = self.backoff.next_delay()
+                self.on_unavailable(exc, delay)
+                await anyio.sleep(delay)
+                continue
+            self.backoff.reset()
+            await self.wakeup.wait(self._period if due is None else min(due, self._period))
+
+
+async def retry_until_done(
+    name: str, operation: Callable[[], Awaitable[object]], reconnect_cap: float
+) -> None:
+    """Run `operation` until it goes through, backing off while it meets a TemporaryError
+    (a write that must not be dropped, such as recovery outcomes)."""
+    backoff = Backoff(reconnect_cap)
+    while True:
+        try:
+            await operation()
+            return
+        except TemporaryError as exc:
+            delay = backoff.next_delay()
+            log.warning(f"{name}.write_failed", error=first_line(exc), retry_in=delay)
+            await anyio.sleep(delay)
+
+
+def sole_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first leaf of an exception group: what a task group's caller should see (a
+    daemon task that failed raises its own error, not a tree of groups)."""
+    first = group.exceptions[0]
+    return sole_error(first) if isinstance(first, BaseExceptionGroup) else first

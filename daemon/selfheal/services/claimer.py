@@ -1,68 +1,32 @@
-"""The claimer (inbox -> diagnosis -> record) and the backlog scanner."""
+"""The claimer: leases failures from the inbox, diagnoses them (core/diagnose.py) and
+records the decisions; a row that keeps breaking this is retried alone, then parked."""
 
 from __future__ import annotations
 
 import contextlib
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 
 import anyio
-from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectReceiveStream
 
-from selfheal.core.diagnose import ClaimedFailure, Diagnosis, diagnose, parked_signals
+from selfheal.core.diagnose import diagnose, parked_signals
 from selfheal.core.sanitize import scrub_text
-from selfheal.db.store import DatabaseUnavailable, Recorded, Store
+from selfheal.db.store import Store
+from selfheal.errors import DatabaseUnavailable, PermanentError
 from selfheal.logs import first_line, get_logger
-from selfheal.models import Clock, utcnow
-from selfheal.services.base import Gate, Wakeup, reconnect_delay
+from selfheal.models import ClaimedFailure, Clock, Diagnosis, Recorded, utcnow
+from selfheal.services.base import Gate, Service, Wakeup, sole_error
 from selfheal.settings import Settings
 
-__all__ = ["Claimer", "Scanner"]
+__all__ = ["Claimer"]
 
 log = get_logger()
 
 
-class _Loop:
-    """A worker that does its step, then waits for a wake-up or its period; backs off
-    while Postgres is away. `stop()` ends it after the step in progress."""
-
-    name = "worker"
-
-    def __init__(self, store: Store, settings: Settings, wakeup: Wakeup) -> None:
-        self._store = store
-        self._settings = settings
-        self._wakeup = wakeup
-        self._stopping = False
-
-    def stop(self) -> None:
-        self._stopping = True
-        self._wakeup.set()
-
-    def period(self) -> float:
-        return self._settings.poll_interval_seconds
-
-    async def step(self) -> None:
-        raise NotImplementedError
-
-    async def run(self) -> None:
-        failures = 0
-        while not self._stopping:
-            try:
-                await self.step()
-                failures = 0
-            except DatabaseUnavailable as exc:
-                delay = reconnect_delay(failures, self._settings.reconnect_max_seconds)
-                log.warning(f"{self.name}.db_unavailable", error=first_line(exc), retry_in=delay)
-                failures += 1
-                await anyio.sleep(delay)
-                continue
-            await self._wakeup.wait(self.period())
-
-
-class Claimer(_Loop):
+class Claimer(Service):
     name = "claimer"
 
     def __init__(
@@ -74,7 +38,13 @@ class Claimer(_Loop):
         clock: Clock = utcnow,
         backlog: Gate | None = None,
     ) -> None:
-        super().__init__(store, settings, wakeup)
+        super().__init__(
+            wakeup,
+            period=settings.poll_interval_seconds,
+            reconnect_cap=settings.reconnect_max_seconds,
+        )
+        self._store = store
+        self._settings = settings
         self._on_recorded = on_recorded
         self._clock = clock
         # Closed while a backlog drains (full batches): diagnoses go first, recovery waits.
@@ -112,31 +82,30 @@ class Claimer(_Loop):
     ) -> int:
         """Batch N is written while batch N+1 is claimed and diagnosed: Postgres and
         Python work side by side. `in_flight` holds the batches not yet written."""
-        total = 0
+        written = [0]
         limit = self._settings.batch_size
-        writing: _Background | None = None
-        error: Exception | None = None
-        async with anyio.create_task_group() as tg:
-            try:
-                while True:
-                    batch = self._diagnose(claimed)
-                    if writing is not None:
-                        total += len(await writing.result())
-                        writing = None
-                    if len(claimed) < limit or self._stopping:
-                        total += len(await self._write(batch))
-                        break
-                    writing = _Background(tg, partial(self._write, overlap=True), batch)
-                    claimed = await self._store.claim(limit, self._settings.lease_seconds)
-                    in_flight.append([c.event_id for c in claimed])
-                if writing is not None:
-                    total += len(await writing.result())
-            except Exception as exc:  # raised as itself, not in an ExceptionGroup
-                error = exc
-                tg.cancel_scope.cancel()
-        if error is not None:
-            raise error
-        return total
+        send, receive = anyio.create_memory_object_stream[_Batch]()  # a hand-over, no buffer
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._write_batches, receive, written)
+                async with send:
+                    while True:
+                        batch = self._diagnose(claimed)
+                        await send.send(batch)  # once the writer has finished the one before
+                        if len(claimed) < limit or self.stopping:
+                            break
+                        claimed = await self._store.claim(limit, self._settings.lease_seconds)
+                        in_flight.append([c.event_id for c in claimed])
+        except BaseExceptionGroup as group:
+            raise sole_error(group) from None
+        return written[0]
+
+    async def _write_batches(
+        self, receive: MemoryObjectReceiveStream[_Batch], written: list[int]
+    ) -> None:
+        async with receive:
+            async for batch in receive:
+                written[0] += len(await self._write(batch, overlap=True))
 
     async def process_events(self, event_ids: Sequence[uuid.UUID]) -> list[Recorded]:
         """Diagnose and record the named events now (`selfheal heal`, `selfheal scan`)."""
@@ -174,9 +143,7 @@ class Claimer(_Loop):
         if batch.done:
             try:
                 recorded = await self._store.record(batch.diagnoses, batch.done, overlap=overlap)
-            except DatabaseUnavailable:
-                raise
-            except Exception as exc:
+            except PermanentError as exc:
                 log.warning("claimer.batch_failed", error=first_line(exc), size=len(batch.done))
                 suspects = [*batch.claimed, *suspects]
             self._log_recorded(recorded)
@@ -194,7 +161,7 @@ class Claimer(_Loop):
             )
         except DatabaseUnavailable:
             raise
-        except Exception as exc:
+        except Exception as exc:  # a poison row: whatever it breaks, it breaks alone
             error = scrub_text(f"{type(exc).__name__}: {first_line(exc)}", max_length=500)
             if suspect.attempts >= self._settings.max_processing_attempts:
                 await self._park(suspect, error)
@@ -247,56 +214,3 @@ class _Batch:
     diagnoses: list[Diagnosis] = field(default_factory=list)
     done: list[uuid.UUID] = field(default_factory=list)  # to take out of the inbox
     suspects: list[ClaimedFailure] = field(default_factory=list)
-
-
-class _Background:
-    """One batch being written in the task group; `result()` waits and re-raises."""
-
-    def __init__(
-        self,
-        tg: TaskGroup,
-        write: Callable[[_Batch], Awaitable[list[Recorded]]],
-        batch: _Batch,
-    ) -> None:
-        self._done = anyio.Event()
-        self._value: list[Recorded] = []
-        self._error: Exception | None = None
-        tg.start_soon(self._run, write, batch)
-
-    async def _run(
-        self, write: Callable[[_Batch], Awaitable[list[Recorded]]], batch: _Batch
-    ) -> None:
-        try:
-            self._value = await write(batch)
-        except Exception as exc:
-            self._error = exc
-        finally:
-            self._done.set()
-
-    async def result(self) -> list[Recorded]:
-        await self._done.wait()
-        if self._error is not None:
-            raise self._error
-        return self._value
-
-
-class Scanner(_Loop):
-    """The backlog timer: finds failures the trigger never queued (rows written while
-    triggers were off, before the first migrate, or by replication) however old."""
-
-    name = "scanner"
-
-    def __init__(
-        self, store: Store, settings: Settings, wakeup: Wakeup, claimer_wakeup: Wakeup
-    ) -> None:
-        super().__init__(store, settings, wakeup)
-        self._claimer_wakeup = claimer_wakeup
-
-    def period(self) -> float:
-        return self._settings.scan_interval_seconds
-
-    async def step(self) -> None:
-        seen, queued = await self._store.enqueue_backlog(self._settings.scan_chunk_size)
-        log.info("scanner.swept", failures_seen=seen, queued=queued)
-        if queued:
-            self._claimer_wakeup.set()

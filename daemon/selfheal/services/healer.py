@@ -1,25 +1,29 @@
-"""The healer: leases due records, recovers them with bounded concurrency (global and per
-service), and writes the outcomes in batches. Wakes when work arrives or comes due."""
+"""The healer: leases due records, plans and executes their recoveries with bounded
+concurrency (global and per service), and writes the outcomes in batches. Wakes when work
+arrives or comes due."""
 
 from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
-from datetime import timedelta
+from functools import partial
 
 import anyio
+from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from selfheal.core import plan as planning
 from selfheal.core.thresholds import Thresholds
-from selfheal.db.store import DatabaseUnavailable, ServiceRegistrationFailed, Store
-from selfheal.http.outbound import HttpClients
+from selfheal.db.store import Store
+from selfheal.errors import DatabaseUnavailable, ServiceRegistrationFailed
+from selfheal.http.clients import HttpClients
 from selfheal.logs import first_line, get_logger
-from selfheal.models import Clock, Status, utcnow
-from selfheal.services.base import Gate, Wakeup, reconnect_delay
-from selfheal.services.execute import Job, Outcome, Recoverer, RequestLimits
+from selfheal.models import Clock, Job, Outcome, utcnow
+from selfheal.services.base import Gate, Service, Wakeup, retry_until_done
+from selfheal.services.execute import Executor, RequestLimits, Sleep
 from selfheal.settings import Settings
 
 __all__ = ["Healer", "open_healer"]
@@ -27,118 +31,113 @@ __all__ = ["Healer", "open_healer"]
 log = get_logger()
 
 _OUTCOME_BATCH = 500
-_CRASH_RETRY = timedelta(minutes=5)
 
 
 @asynccontextmanager
 async def open_healer(
-    store: Store, settings: Settings, wakeup: Wakeup, owner: str, backlog: Gate | None = None
+    store: Store,
+    settings: Settings,
+    wakeup: Wakeup,
+    owner: str,
+    backlog: Gate | None = None,
+    *,
+    clock: Clock = utcnow,
+    sleep: Sleep = anyio.sleep,
+    rand: Callable[[], float] | None = None,
 ) -> AsyncIterator[Healer]:
-    """A healer with its HTTP clients, closed when it is done."""
-    clients = HttpClients(settings.http_timeout_seconds, settings.service_concurrency)
+    """A healer with its HTTP clients, closed when it is done. Tests pass their own
+    clock, sleep and randomness; everything else is the production wiring."""
+    clients = HttpClients(
+        settings.http_timeout_seconds,
+        settings.service_concurrency,
+        network=settings.http_network_backend,
+    )
+    thresholds = settings.thresholds()
     try:
-        clock = utcnow
-        recoverer = Recoverer(
+        executor = Executor(
             clients,
             store,
-            clock,
-            limits=RequestLimits(settings.max_concurrency, settings.service_concurrency),
+            thresholds,
+            RequestLimits(settings.max_concurrency, settings.service_concurrency),
             max_wait=settings.max_retry_wait_seconds,
+            clock=clock,
+            sleep=sleep,
+            **({} if rand is None else {"rand": rand}),
         )
-        yield Healer(store, settings, recoverer, wakeup, owner, clock, backlog=backlog)
+        yield Healer(store, settings, executor, thresholds, wakeup, owner, clock, backlog)
     finally:
         with anyio.CancelScope(shield=True):
             await clients.aclose()
 
 
-class Healer:
+class Healer(Service):
+    name = "healer"
+
     def __init__(
         self,
         store: Store,
         settings: Settings,
-        recoverer: Recoverer,
+        executor: Executor,
+        thresholds: Thresholds,
         wakeup: Wakeup,
         owner: str,
         clock: Clock,
-        thresholds: Thresholds | None = None,
         backlog: Gate | None = None,
     ) -> None:
+        super().__init__(
+            wakeup,
+            period=settings.poll_interval_seconds,
+            reconnect_cap=settings.reconnect_max_seconds,
+        )
         self._backlog = backlog or Gate()  # closed while the claimer drains a backlog
         self._store = store
         self._settings = settings
-        self._recoverer = recoverer
-        self._wakeup = wakeup
+        self._executor = executor
+        self._thresholds = thresholds
         self._owner = owner
         self._clock = clock
-        self._thresholds = thresholds or Thresholds()
-        self._capacity = settings.max_recoveries
-        self._active = 0
-        self._idle = anyio.Event()
-        self._idle.set()
-        self._stopping = False
+        self._slots = anyio.CapacityLimiter(settings.max_recoveries)
         self._registration_warned = False
-
-    def stop(self) -> None:
-        self._stopping = True
-        self._wakeup.set()
+        self._recoveries: TaskGroup | None = None
+        self._outcomes: MemoryObjectSendStream[Outcome] | None = None
 
     async def run(self) -> None:
         send, receive = anyio.create_memory_object_stream[Outcome](math.inf)
         try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._write_outcomes, receive)
-                async with anyio.create_task_group() as renewing, send:
+            async with anyio.create_task_group() as writing:
+                writing.start_soon(self._write_outcomes, receive)
+                async with send, anyio.create_task_group() as renewing:
                     renewing.start_soon(self._renew_leases)
-                    await self._claim_loop(tg, send)
-                    await self._idle.wait()  # in-flight recoveries finish (within the grace)
+                    # Leaving this group waits for the recoveries in flight (within the grace).
+                    async with anyio.create_task_group() as recoveries:
+                        self._recoveries, self._outcomes = recoveries, send
+                        await super().run()
                     renewing.cancel_scope.cancel()
         finally:
+            self._recoveries = self._outcomes = None
             with anyio.CancelScope(shield=True), anyio.move_on_after(2):
                 await self._store.release_records(self._owner)
 
-    async def _claim_loop(
-        self, tg: anyio.abc.TaskGroup, send: MemoryObjectSendStream[Outcome]
-    ) -> None:
-        failures = 0
-        poll = self._settings.poll_interval_seconds
-        while not self._stopping:
-            await self._backlog.wait_open()
-            free = self._capacity - self._active
-            try:
-                if free > 0:
-                    jobs = await self._with_services(
-                        await self._store.claim_due(
-                            min(free, self._settings.batch_size),
-                            self._owner,
-                            self._settings.lease_seconds,
-                            self._thresholds,
-                        )
-                    )
-                    for job in jobs:
-                        self._started()
-                        tg.start_soon(self._heal, job, send)
-                    if len(jobs) == free:
-                        continue  # more may be due: claim again when a slot frees
-                delay = await self._store.seconds_until_due() if free > 0 else None
-                failures = 0
-            except DatabaseUnavailable as exc:
-                delay = reconnect_delay(failures, self._settings.reconnect_max_seconds)
-                log.warning("healer.db_unavailable", error=first_line(exc), retry_in=delay)
-                failures += 1
-            # Sleep until the earliest record comes due, new work arrives or a slot frees.
-            await self._wakeup.wait(poll if delay is None else min(delay, poll))
+    async def step(self) -> float | None:
+        """Claim what is due and free slots allow; how soon to look again."""
+        await self._backlog.wait_open()
+        free = int(self._slots.available_tokens)
+        if free == 0:
+            return None  # a finishing recovery wakes us
+        jobs = await self._claim(min(free, self._settings.batch_size))
+        assert self._recoveries is not None  # noqa: S101 - run() is the only caller
+        for job in jobs:
+            token = object()
+            self._slots.acquire_on_behalf_of_nowait(token)
+            self._recoveries.start_soon(self._heal, job, token)
+        if len(jobs) == free:
+            return 0.0  # more may be due: claim again at once
+        # Sleep until the earliest record comes due, new work arrives or a slot frees.
+        return await self._store.seconds_until_due()
 
     async def heal_now(self, record_ids: Sequence[uuid.UUID]) -> list[Outcome]:
         """Recover the named records now, those pending and due (`heal`, `scan`)."""
-        jobs = await self._with_services(
-            await self._store.claim_due(
-                len(record_ids),
-                self._owner,
-                self._settings.lease_seconds,
-                self._thresholds,
-                record_ids,
-            )
-        )
+        jobs = await self._claim(len(record_ids), record_ids)
         outcomes: list[Outcome] = []
 
         async def heal(job: Job) -> None:
@@ -150,6 +149,12 @@ class Healer:
         if outcomes:
             await self._store.record_outcomes(outcomes, self._owner)
         return outcomes
+
+    async def _claim(self, limit: int, record_ids: Sequence[uuid.UUID] | None = None) -> list[Job]:
+        jobs = await self._store.claim_due(
+            limit, self._owner, self._settings.lease_seconds, self._thresholds, record_ids
+        )
+        return await self._with_services(jobs)
 
     async def _with_services(self, jobs: list[Job]) -> list[Job]:
         unknown = sorted({j.service_name for j in jobs if j.service_id is None})
@@ -166,33 +171,23 @@ class Healer:
             replace(j, service_id=ids[j.service_name]) if j.service_name in ids else j for j in jobs
         ]
 
-    def _started(self) -> None:
-        self._active += 1
-        self._idle = anyio.Event() if self._idle.is_set() else self._idle
-
-    async def _heal(self, job: Job, send: MemoryObjectSendStream[Outcome]) -> None:
+    async def _heal(self, job: Job, token: object) -> None:
         try:
-            send.send_nowait(await self._recover(job))
+            outcome = await self._recover(job)
+            assert self._outcomes is not None  # noqa: S101 - open while recoveries run
+            self._outcomes.send_nowait(outcome)
         finally:
-            self._active -= 1
-            if self._active == 0:
-                self._idle.set()
-            self._wakeup.set()  # a slot is free
+            self._slots.release_on_behalf_of(token)
+            self.wakeup.set()  # a slot is free
 
     async def _recover(self, job: Job) -> Outcome:
         try:
-            outcome = await self._recoverer.recover(job)
+            outcome = await self._executor.recover(job)
         except Exception as exc:  # a bug must not take the daemon down or lose the record
             log.exception(
                 "recovery.crashed", event_id=str(job.event_id), service_name=job.service_name
             )
-            outcome = Outcome(
-                job,
-                Status.PENDING,
-                f"recovery crashed ({type(exc).__name__}); retry scheduled",
-                next_retry_at=self._clock() + _CRASH_RETRY,
-                deferrals=job.deferrals + 1,
-            )
+            outcome = planning.crashed(job, type(exc).__name__, now=self._clock())
         log.info(
             f"recovery.{outcome.status.value}",
             event_id=str(job.event_id),
@@ -209,7 +204,7 @@ class Healer:
         every = self._settings.lease_seconds / 3
         while True:
             await anyio.sleep(every)
-            if self._active:
+            if self._slots.borrowed_tokens:
                 try:
                     await self._store.renew_leases(self._owner, self._settings.lease_seconds)
                 except DatabaseUnavailable as exc:
@@ -225,17 +220,9 @@ class Healer:
                         batch.append(receive.receive_nowait())
                     except (anyio.WouldBlock, anyio.EndOfStream):
                         break
-                await self._write(batch)
-
-    async def _write(self, batch: list[Outcome]) -> None:
-        failures = 0
-        while True:
-            try:
-                await self._store.record_outcomes(batch, self._owner)
-                self._wakeup.set()  # a new next_retry_at may be the earliest now
-                return
-            except DatabaseUnavailable as exc:
-                delay = reconnect_delay(failures, self._settings.reconnect_max_seconds)
-                log.warning("healer.write_failed", error=first_line(exc), retry_in=delay)
-                failures += 1
-                await anyio.sleep(delay)
+                await retry_until_done(
+                    "healer",
+                    partial(self._store.record_outcomes, batch, self._owner),
+                    self._settings.reconnect_max_seconds,
+                )
+                self.wakeup.set()  # a new next_retry_at may be the earliest now

@@ -1,4 +1,6 @@
-"""The LISTEN connection: wakes the claimer on NOTIFY, reconnects with backoff, re-LISTENs."""
+"""The LISTEN connection: wakes the claimer on NOTIFY, reconnects with backoff, LISTENs
+again and has the tables swept after every (re)connect (notifications sent while it was
+away are gone)."""
 
 from __future__ import annotations
 
@@ -11,15 +13,20 @@ from anyio.abc import TaskStatus
 from psycopg import sql
 
 from selfheal.db import queries
+from selfheal.errors import DatabaseUnavailable, TemporaryError
 from selfheal.logs import first_line, get_logger
-from selfheal.services.base import reconnect_delay
+from selfheal.services.base import Service, Wakeup
 
 __all__ = ["Listener"]
 
 log = get_logger()
 
+_CHANNEL = queries.FAILURES_CHANNEL
 
-class Listener:
+
+class Listener(Service):
+    name = "listener"
+
     def __init__(
         self,
         conninfo: str,
@@ -28,48 +35,51 @@ class Listener:
         check_interval: float,
         reconnect_cap: float,
     ) -> None:
+        # The loop never rests between steps: a step ends only when the connection does.
+        super().__init__(Wakeup(), period=0.0, reconnect_cap=reconnect_cap)
         self._conninfo = conninfo
         self._on_notify = on_notify
         self._on_connect = on_connect
         self._check_interval = check_interval
-        self._reconnect_cap = reconnect_cap
+        self._listening = False
+        self._started: TaskStatus[None] | None = None
+        self._ever_listened = False
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        attempt = 0
-        started = False
-        while True:
-            try:
-                conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
-            except psycopg.OperationalError as exc:
-                delay = reconnect_delay(attempt, self._reconnect_cap)
-                log.warning(
-                    "listener.connect_failed", error=first_line(exc), retry_in=round(delay, 3)
+        """Returns to `task_status` once the first LISTEN is in place."""
+        self._started = task_status
+        await super().run()
+
+    def on_unavailable(self, exc: TemporaryError, retry_in: float) -> None:
+        event = "listener.disconnected" if self._listening else "listener.connect_failed"
+        self._listening = False
+        log.warning(event, error=first_line(exc), retry_in=retry_in)
+
+    async def step(self) -> None:
+        try:
+            conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
+        except psycopg.OperationalError as exc:
+            raise DatabaseUnavailable(first_line(exc)) from exc
+        try:
+            async with conn:
+                await self._listen(conn)
+                self._listening = True
+                log.info(
+                    "listener.reconnected" if self._ever_listened else "listener.listening",
+                    channel=_CHANNEL,
                 )
-                attempt += 1
-                await anyio.sleep(delay)
-                continue
-            try:
-                async with conn:
-                    await self._listen(conn)
-                    log.info(
-                        "listener.reconnected" if started else "listener.listening",
-                        channel=queries.CHANNEL,
-                    )
-                    attempt = 0
-                    # Notifications sent while we were away are gone: catch up from the tables.
-                    self._on_connect()
-                    if not started:
-                        started = True
-                        task_status.started()
-                    await self._serve(conn)
-            except psycopg.OperationalError as exc:
-                delay = reconnect_delay(attempt, self._reconnect_cap)
-                log.warning("listener.disconnected", error=first_line(exc), retry_in=delay)
-                attempt += 1
-                await anyio.sleep(delay)
+                self.backoff.reset()
+                self._on_connect()
+                if not self._ever_listened:
+                    self._ever_listened = True
+                    if self._started is not None:
+                        self._started.started()
+                await self._serve(conn)
+        except psycopg.OperationalError as exc:
+            raise DatabaseUnavailable(first_line(exc)) from exc
 
     async def _listen(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(queries.CHANNEL)))
+        await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(_CHANNEL)))
 
     async def _serve(self, conn: psycopg.AsyncConnection[Any]) -> None:
         while True:
@@ -78,9 +88,9 @@ class Listener:
                     self._on_notify()
                 else:
                     log.warning("listener.bad_payload", channel=notify.channel)
-            cur = await conn.execute(queries.IS_LISTENING, {"channel": queries.CHANNEL})
+            cur = await conn.execute(queries.IS_LISTENING, {"channel": _CHANNEL})
             row = await cur.fetchone()
             if not (row and row[0]):
-                log.warning("listener.relisten", channel=queries.CHANNEL)
+                log.warning("listener.relisten", channel=_CHANNEL)
                 await self._listen(conn)
                 self._on_connect()

@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from tests.support.http import (
+    HoldUntilInFlight,
     OAuthTokenEndpoint,
     Request,
     Response,
@@ -117,7 +118,7 @@ def test_drop_closes_the_connection_without_an_answer(
 
 
 def test_delay_makes_a_client_time_out(stub: StubServer) -> None:
-    stub.route("GET", "/slow", Response(200, delay=0.2))
+    stub.route("GET", "/slow", Response(200, delay=60))  # stop() cuts it short
 
     with httpx.Client(base_url=stub.url, timeout=0.05) as http, pytest.raises(httpx.ReadTimeout):
         http.get("/slow")
@@ -178,6 +179,43 @@ def test_a_raising_handler_is_a_500_and_is_recorded(stub: StubServer, client: ht
 
     assert client.get("/broken").status_code == 500
     assert [type(e) for e in stub.errors] == [ValueError]
+
+
+def test_hold_until_in_flight_answers_once_enough_requests_are_open(stub: StubServer) -> None:
+    gate = HoldUntilInFlight(3)
+    stub.route("POST", "/capped", gate)
+    statuses: list[int] = []
+
+    def send() -> None:
+        with httpx.Client(base_url=stub.url, timeout=30) as http:
+            statuses.append(http.post("/capped").status_code)
+
+    senders = [threading.Thread(target=send, daemon=True) for _ in range(3)]
+    for sender in senders:
+        sender.start()
+    for sender in senders:
+        sender.join(30)
+
+    assert statuses == [200, 200, 200]
+    assert (gate.peak, gate.in_flight) == (3, 0)
+    with httpx.Client(base_url=stub.url, timeout=30) as http:
+        assert http.post("/capped").status_code == 200  # open from then on
+    assert gate.peak == 3
+
+
+def test_hold_until_in_flight_fails_when_too_few_are_open(
+    stub: StubServer, client: httpx.Client
+) -> None:
+    gate = HoldUntilInFlight(2, timeout=0.05)
+    stub.route("POST", "/capped", gate)
+
+    assert client.post("/capped").status_code == 500
+    assert client.post("/capped").status_code == 500
+
+    assert gate.peak == 1
+    [first, second] = stub.errors
+    assert isinstance(first, TimeoutError) and isinstance(second, TimeoutError)
+    assert "never 2 at once" in str(first)
 
 
 # The OAuth 2.0 refresh endpoint (RFC 6749 section 6).

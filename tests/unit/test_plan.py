@@ -1,0 +1,365 @@
+"""Planning, thresholds and the effects of outcomes: pure functions over frozen values."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from selfheal.core import plan as planning
+from selfheal.core.effects import fold_effects
+from selfheal.core.thresholds import Thresholds, crosses_threshold, threshold_reason
+from selfheal.models import Category, Job, Outcome, Recipe, ServiceEffect, Status
+
+NOW = datetime(2026, 12, 3, 10, 0, tzinfo=UTC)
+SERVICE = uuid.UUID(int=1)
+USER_CONNECTION = uuid.UUID(int=2)
+RATE = Category.RATE_LIMIT
+
+
+def job(category: Category = Category.NETWORK, **fields: Any) -> Job:
+    values: dict[str, Any] = {
+        "record_id": uuid.uuid4(),
+        "event_id": uuid.uuid4(),
+        "service_name": "stripe",
+        "category": category,
+        "attempts": 0,
+        "deferrals": 0,
+        "endpoint": "https://api.stripe.com/v1/charges",
+        "http_method": "POST",
+        "payload": {"amount": 100},
+        "response_headers": {},
+        "failed_at": NOW,
+        "service_id": SERVICE,
+        "service_enabled": True,
+        "oauth_config": None,
+        "user_connection_id": None,
+        "user_connection_enabled": True,
+        "access_token": None,
+        "refresh_token": None,
+        "user_connection_failures": 0,
+        "threshold_count": 1,
+    }
+    values.update(fields)
+    return Job(**values)
+
+
+# --- plan -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("category", "recipe"),
+    [
+        (Category.AUTH, Recipe.REFRESH_AND_REPLAY),
+        (Category.RATE_LIMIT, Recipe.AFTER_RATE_LIMIT),
+        (Category.NETWORK, Recipe.BACKOFF),
+        (Category.UNKNOWN, Recipe.BACKOFF),
+    ],
+)
+def test_each_replayable_category_gets_its_recipe(category: Category, recipe: Recipe) -> None:
+    planned = planning.plan(job(category), Thresholds(), None)
+    assert (planned.recipe, planned.outcome) == (recipe, None)
+
+
+def test_data_failures_are_never_replayed() -> None:
+    planned = planning.plan(job(Category.DATA), Thresholds(), None)
+    assert planned.recipe is None
+    assert planned.outcome is not None
+    assert planned.outcome.status is Status.PENDING
+    assert planned.outcome.action == "no automatic retry; admin review of the payload"
+
+
+def test_a_disabled_service_gets_no_request() -> None:
+    planned = planning.plan(job(service_enabled=False), Thresholds(), None)
+    assert planned.recipe is None and planned.outcome is not None
+    assert planned.outcome.status is Status.DISABLED
+    assert planned.outcome.action == "recovery disabled for stripe"
+
+
+def test_a_disabled_user_connection_stops_only_auth_recoveries() -> None:
+    auth = planning.plan(job(Category.AUTH, user_connection_enabled=False), Thresholds(), None)
+    assert auth.outcome is not None and auth.outcome.status is Status.DISABLED
+    network = planning.plan(job(user_connection_enabled=False), Thresholds(), None)
+    assert network.recipe is Recipe.BACKOFF
+
+
+@pytest.mark.parametrize(
+    ("category", "count", "reason"),
+    [
+        (Category.NETWORK, 9, "9 network failures in 60 minutes"),
+        (Category.DATA, 5, "5 consecutive data failures"),
+        (Category.UNKNOWN, 7, "5 consecutive unknown failures"),  # the threshold, not the count
+    ],
+)
+def test_a_first_visit_over_the_threshold_disables_the_service(
+    category: Category, count: int, reason: str
+) -> None:
+    planned = planning.plan(job(category, threshold_count=count), Thresholds(), None)
+    assert planned.outcome is not None
+    assert planned.outcome.status is Status.DISABLED
+    assert planned.outcome.disable_service == reason
+    assert planned.outcome.action == f"service disabled: {reason}"
+
+
+def test_the_threshold_is_decided_on_the_first_visit_only() -> None:
+    later_visit = job(threshold_count=50, deferrals=1)
+    assert planning.plan(later_visit, Thresholds(), None).recipe is Recipe.BACKOFF
+
+
+def test_settings_thresholds_steer_the_decision() -> None:
+    strict = Thresholds(network_failures=2)
+    planned = planning.plan(job(threshold_count=2), strict, None)
+    assert planned.outcome is not None
+    assert planned.outcome.disable_service == "2 network failures in 60 minutes"
+
+
+def test_rate_limits_never_disable() -> None:
+    planned = planning.plan(job(Category.RATE_LIMIT, threshold_count=10_000), Thresholds(), None)
+    assert planned.recipe is Recipe.AFTER_RATE_LIMIT
+
+
+def test_an_event_that_cannot_be_replayed_waits_for_an_operator() -> None:
+    planned = planning.plan(job(endpoint=None), Thresholds(), "the event has no endpoint")
+    assert planned.outcome is not None
+    assert planned.outcome.action == "cannot replay: the event has no endpoint"
+
+
+def test_a_deleted_event_is_closed_without_a_request() -> None:
+    planned = planning.plan(job(event_deleted=True), Thresholds(), None)
+    assert planned.outcome is not None
+    assert planned.outcome.action == "the event was deleted; nothing to replay"
+
+
+# --- outcomes -------------------------------------------------------------------------------
+
+
+def test_later_schedules_deferrable_categories_and_counts_the_deferral() -> None:
+    outcome = planning.later(
+        job(deferrals=2),
+        Category.NETWORK,
+        "3 replays failed",
+        3,
+        None,
+        now=NOW,
+        rand=1.0,
+        max_wait=3600,
+    )
+    assert outcome.next_retry_at == NOW + timedelta(seconds=240)
+    assert (outcome.deferrals, outcome.action) == (3, "3 replays failed; retry scheduled")
+
+
+def test_later_leaves_unknown_to_an_operator() -> None:
+    outcome = planning.later(
+        job(Category.UNKNOWN),
+        Category.UNKNOWN,
+        "1 replays failed",
+        1,
+        None,
+        now=NOW,
+        rand=0.5,
+        max_wait=3600,
+    )
+    assert outcome.next_retry_at is None
+    assert outcome.action == "1 replays failed; admin review"
+
+
+def test_a_rate_limit_window_holds_the_service() -> None:
+    outcome = planning.rate_limit_window(job(Category.RATE_LIMIT), 30.0, 0, None, now=NOW)
+    assert outcome.next_retry_at == outcome.rate_limited_until == NOW + timedelta(seconds=30)
+
+
+def test_auth_failures_disable_the_user_connection_at_its_threshold() -> None:
+    below = planning.auth_failed(
+        job(Category.AUTH, user_connection_id=USER_CONNECTION, user_connection_failures=1),
+        "still unauthorized",
+        3,
+        None,
+        Thresholds(),
+    )
+    assert (below.status, below.user_connection_failed) == (Status.PENDING, True)
+    at = planning.auth_failed(
+        job(Category.AUTH, user_connection_id=USER_CONNECTION, user_connection_failures=2),
+        "still unauthorized",
+        3,
+        None,
+        Thresholds(),
+    )
+    assert at.status is Status.DISABLED
+    assert at.disable_user_connection == "3 consecutive auth failures after refresh attempts"
+    assert at.action == "still unauthorized; user connection disabled"
+
+
+def test_an_auth_failure_without_a_user_connection_counts_against_nothing() -> None:
+    outcome = planning.auth_failed(job(Category.AUTH), "no user connection", 0, None, Thresholds())
+    assert (outcome.status, outcome.user_connection_failed) == (Status.PENDING, False)
+
+
+def test_a_crashed_recovery_is_retried_later() -> None:
+    outcome = planning.crashed(job(deferrals=1), "KeyError", now=NOW)
+    assert outcome.next_retry_at == NOW + planning.CRASH_RETRY
+    assert (outcome.deferrals, outcome.action) == (
+        2,
+        "recovery crashed (KeyError); retry scheduled",
+    )
+
+
+# --- effects --------------------------------------------------------------------------------
+
+
+def at(minutes: int, **fields: Any) -> Job:
+    return job(failed_at=NOW + timedelta(minutes=minutes), **fields)
+
+
+def test_unhealed_failures_count_against_their_service() -> None:
+    effects = fold_effects(
+        [Outcome(at(1), Status.PENDING, "x"), Outcome(at(2), Status.PENDING, "y")]
+    )
+    assert effects.services == (ServiceEffect(SERVICE, failed=2),)
+    assert effects.user_connections == ()
+
+
+def test_a_success_resets_the_count_of_what_came_before_it() -> None:
+    effects = fold_effects(
+        [
+            Outcome(at(3), Status.PENDING, "after"),
+            Outcome(at(1), Status.PENDING, "before"),
+            Outcome(at(2), Status.RESOLVED, "healed"),
+        ]
+    )
+    assert effects.services == (ServiceEffect(SERVICE, reset=True, failed=1),)
+
+
+def test_auth_and_disabled_outcomes_do_not_count_against_the_service() -> None:
+    effects = fold_effects(
+        [
+            Outcome(at(1, category=Category.AUTH), Status.PENDING, "auth"),
+            Outcome(at(2), Status.DISABLED, "no request"),
+        ]
+    )
+    assert effects.services == (ServiceEffect(SERVICE),)
+
+
+def test_the_first_disable_reason_wins_and_the_longest_window_holds() -> None:
+    soon, late = NOW + timedelta(seconds=30), NOW + timedelta(seconds=90)
+    effects = fold_effects(
+        [
+            Outcome(at(1), Status.DISABLED, "a", disable_service="first"),
+            Outcome(at(2), Status.DISABLED, "b", disable_service="second"),
+            Outcome(at(3, category=RATE), Status.PENDING, "c", rate_limited_until=late),
+            Outcome(at(4, category=RATE), Status.PENDING, "d", rate_limited_until=soon),
+        ]
+    )
+    [service] = effects.services
+    assert (service.disable_reason, service.rate_limited_until) == ("first", late)
+
+
+def test_user_connection_effects_follow_its_auth_outcomes() -> None:
+    user = {"user_connection_id": USER_CONNECTION, "category": Category.AUTH}
+    effects = fold_effects(
+        [
+            Outcome(at(1, **user), Status.PENDING, "a", user_connection_failed=True),
+            Outcome(at(2, **user), Status.RESOLVED, "healed"),
+            Outcome(at(3, **user), Status.PENDING, "b", user_connection_failed=True),
+            Outcome(
+                at(4, **user),
+                Status.DISABLED,
+                "c",
+                user_connection_failed=True,
+                disable_user_connection="3 consecutive auth failures after refresh attempts",
+            ),
+        ]
+    )
+    [effect] = effects.user_connections
+    assert (effect.reset, effect.failed, effect.errored) == (True, 2, True)
+    assert effect.disable_reason == "3 consecutive auth failures after refresh attempts"
+
+
+def test_a_service_without_an_id_has_no_effect() -> None:
+    assert fold_effects([Outcome(at(1, service_id=None), Status.PENDING, "x")]).services == ()
+
+
+def test_frozen_values_stay_frozen() -> None:
+    with pytest.raises(AttributeError):
+        job().attempts = 3  # type: ignore[misc]
+    assert replace(job(), attempts=3).attempts == 3
+
+
+# --- thresholds ----------------------------------------------------------------------------
+
+
+def test_threshold_defaults() -> None:
+    thresholds = Thresholds()
+    assert thresholds.auth_consecutive == 3
+    assert thresholds.network_window == timedelta(minutes=60)
+    assert thresholds.network_failures == 9
+    assert thresholds.data_consecutive == 5
+    assert thresholds.unknown_consecutive == 5
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"auth_consecutive": 0},
+        {"network_failures": 0},
+        {"data_consecutive": -1},
+        {"unknown_consecutive": 0},
+        {"network_window": timedelta(0)},
+    ],
+)
+def test_thresholds_reject_nonsense(kwargs: dict[str, object]) -> None:
+    with pytest.raises(ValueError, match="must be"):
+        Thresholds(**kwargs)  # type: ignore[arg-type]
+
+
+def test_thresholds_are_frozen() -> None:
+    with pytest.raises(AttributeError):
+        Thresholds().auth_consecutive = 4  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("category", "count", "expected"),
+    [
+        (Category.AUTH, 1, False),
+        (Category.AUTH, 2, False),
+        (Category.AUTH, 3, True),  # consecutive failures of the user connection
+        (Category.NETWORK, 8, False),
+        (Category.NETWORK, 9, True),  # failures of the service within the window
+        (Category.NETWORK, 10, True),
+        (Category.DATA, 4, False),
+        (Category.DATA, 5, True),
+        (Category.UNKNOWN, 4, False),
+        (Category.UNKNOWN, 5, True),
+        (Category.UNKNOWN, 6, True),
+        (Category.RATE_LIMIT, 1000, False),
+        (Category.RATE_LIMIT, 0, False),
+    ],
+)
+def test_crosses_threshold_boundaries(category: Category, count: int, expected: bool) -> None:
+    assert crosses_threshold(category, count, Thresholds()) is expected
+
+
+def test_crosses_threshold_uses_the_given_thresholds() -> None:
+    strict = Thresholds(
+        auth_consecutive=1, network_failures=2, data_consecutive=1, unknown_consecutive=2
+    )
+    assert crosses_threshold(Category.AUTH, 1, strict)
+    assert crosses_threshold(Category.NETWORK, 2, strict)
+    assert not crosses_threshold(Category.NETWORK, 1, strict)
+    assert crosses_threshold(Category.DATA, 1, strict)
+    assert not crosses_threshold(Category.UNKNOWN, 1, strict)
+
+
+@pytest.mark.parametrize(
+    ("category", "reason"),
+    [
+        (Category.AUTH, "3 consecutive auth failures after refresh attempts"),
+        (Category.NETWORK, "9 network failures in 60 minutes"),
+        (Category.DATA, "5 consecutive data failures"),
+        (Category.UNKNOWN, "5 consecutive unknown failures"),
+    ],
+)
+def test_threshold_reason_names_the_count_that_crossed_it(category: Category, reason: str) -> None:
+    assert threshold_reason(category, Thresholds()) == reason

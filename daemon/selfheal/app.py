@@ -3,13 +3,17 @@ holds what the CLI (and the coming HTTP intake) share: heal one event, scan a wi
 
 from __future__ import annotations
 
+import os
+import secrets
+import socket
 import uuid
 from pathlib import Path
 from typing import Any
 
-from selfheal.daemon import owner_name
 from selfheal.db import embedded
-from selfheal.db.store import Store
+from selfheal.db.connections import ConnectionPolicy, behind_pooler
+from selfheal.db.migrate import apply_migrations
+from selfheal.db.store import Database
 from selfheal.logs import get_logger
 from selfheal.models import Status
 from selfheal.services.base import Wakeup
@@ -17,13 +21,74 @@ from selfheal.services.claimer import Claimer
 from selfheal.services.healer import open_healer
 from selfheal.settings import Settings
 
-__all__ = ["EmbeddedMissing", "conninfo", "heal_event", "scan"]
+__all__ = [
+    "Database",
+    "EmbeddedMissing",
+    "database",
+    "heal_event",
+    "listen_conninfo",
+    "migrate",
+    "owner_name",
+    "scan",
+]
 
 log = get_logger()
 
 
 class EmbeddedMissing(Exception):
     """No DATABASE_URL, and the embedded Postgres is not installed."""
+
+
+def owner_name() -> str:
+    """Who holds a lease: readable in the tables, unique per process."""
+    # The suffix: two containers can share a hostname and both be pid 1.
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+async def database(settings: Settings) -> Database:
+    """DATABASE_URL (or the embedded Postgres), and whether a pooler answers for it."""
+    url = conninfo(settings)
+    return Database(url, await connection_policy(settings, url))
+
+
+async def connection_policy(settings: Settings, url: str) -> ConnectionPolicy:
+    deadline = settings.db_timeout_seconds
+    if settings.database_pooler == "auto":
+        pooled = await behind_pooler(url, deadline)
+        if pooled:
+            log.info("database.pooler_detected", setting="SELFHEAL_DATABASE_POOLER")
+    else:
+        pooled = settings.database_pooler == "pgbouncer"
+    return ConnectionPolicy(deadline=deadline, pooled=pooled)
+
+
+async def listen_conninfo(settings: Settings, db: Database) -> str | None:
+    """The session connection for LISTEN, or None: through a transaction pooler LISTEN
+    receives nothing, so the daemon says so once and polls."""
+    given = settings.listen_database_url
+    url = given.get_secret_value() if given else db.conninfo
+    pooled = (
+        db.policy.pooled
+        if given is None
+        else (settings.database_pooler != "none" and await behind_pooler(url, db.policy.deadline))
+    )
+    if not pooled:
+        return url
+    log.warning(
+        "listener.pooled",
+        message=(
+            "LISTEN through a transaction pooler (PgBouncer) receives nothing: set "
+            "SELFHEAL_LISTEN_DATABASE_URL to a direct connection to Postgres. Until then "
+            f"failures are found by polling every {settings.poll_interval_seconds:g} s."
+        ),
+    )
+    return None
+
+
+async def migrate(db: Database) -> tuple[str, ...]:
+    result = await apply_migrations(db.conninfo, db.policy)
+    log.info("migrate.done", applied=list(result.applied))
+    return result.applied
 
 
 def conninfo(settings: Settings) -> str:
@@ -41,10 +106,10 @@ def conninfo(settings: Settings) -> str:
     return url
 
 
-async def heal_event(settings: Settings, url: str, event_id: uuid.UUID) -> dict[str, Any]:
+async def heal_event(settings: Settings, db: Database, event_id: uuid.UUID) -> dict[str, Any]:
     """Diagnose and recover one failure now: the specification's webhook response."""
     async with (
-        Store.open(url, max_size=2) as store,
+        db.store(max_size=2) as store,
         open_healer(store, settings, Wakeup(), owner_name()) as healer,
     ):
         if not await store.event_exists(event_id):
@@ -69,10 +134,12 @@ async def heal_event(settings: Settings, url: str, event_id: uuid.UUID) -> dict[
     return response
 
 
-async def scan(settings: Settings, url: str, window_minutes: float, limit: int) -> dict[str, Any]:
+async def scan(
+    settings: Settings, db: Database, window_minutes: float, limit: int
+) -> dict[str, Any]:
     """One sweep over the window's unrecorded failures: the specification's scan response."""
     async with (
-        Store.open(url, max_size=4) as store,
+        db.store(max_size=4) as store,
         open_healer(store, settings, Wakeup(), owner_name()) as healer,
     ):
         event_ids = await store.unrecorded_failures(window_minutes, max(0, limit))

@@ -15,10 +15,8 @@ from psycopg.types.json import Jsonb
 from selfheal import __version__, app
 from selfheal.core.analyzer import analyze
 from selfheal.daemon import run_daemon
-from selfheal.db.migrate import apply_migrations
-from selfheal.db.store import Store
 from selfheal.errors import DatabaseUnavailable
-from selfheal.logs import configure_logging, first_line, get_logger
+from selfheal.logs import configure_logging, error_fields, first_line, get_logger
 from selfheal.models import Failure
 from selfheal.settings import ConfigError, Settings, load_settings
 
@@ -114,9 +112,12 @@ def main(argv: list[str] | None = None) -> int:
     except app.EmbeddedMissing as exc:
         print(f"selfheal: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except Exception:
-        # A task died: one clear line (with the traceback as data); systemd restarts us.
-        log.exception("daemon.crashed" if args.command == "run" else "command.failed")
+    except Exception as exc:
+        # A task died: one line that names the cause, the traceback in a field of its own;
+        # systemd restarts us.
+        log.error(
+            "daemon.crashed" if args.command == "run" else "command.failed", **error_fields(exc)
+        )
         return EXIT_FAILED
 
 
@@ -128,35 +129,33 @@ def _backend() -> dict[str, Any]:
     return {"use_uvloop": True}
 
 
-Command = Callable[[Settings, str, argparse.Namespace], Awaitable[int]]
+Command = Callable[[Settings, app.Database, argparse.Namespace], Awaitable[int]]
 
 
 async def _with_database(command: Command, settings: Settings, args: argparse.Namespace) -> int:
-    return await command(settings, app.conninfo(settings), args)
+    return await command(settings, await app.database(settings), args)
 
 
-async def cmd_run(settings: Settings, conninfo: str, args: argparse.Namespace) -> int:
+async def cmd_run(settings: Settings, db: app.Database, args: argparse.Namespace) -> int:
     if not args.no_migrate:
-        await cmd_migrate(settings, conninfo, args)
-    listen = settings.listen_database_url
-    await run_daemon(settings, conninfo, listen.get_secret_value() if listen else conninfo)
+        await app.migrate(db)
+    await run_daemon(settings, db, await app.listen_conninfo(settings, db))
     return EXIT_OK
 
 
-async def cmd_migrate(settings: Settings, conninfo: str, args: argparse.Namespace) -> int:
-    result = await apply_migrations(conninfo)
-    log.info("migrate.done", applied=list(result.applied))
+async def cmd_migrate(settings: Settings, db: app.Database, args: argparse.Namespace) -> int:
+    await app.migrate(db)
     return EXIT_OK
 
 
-async def cmd_heal(settings: Settings, conninfo: str, args: argparse.Namespace) -> int:
-    response = await app.heal_event(settings, conninfo, args.event_id)
+async def cmd_heal(settings: Settings, db: app.Database, args: argparse.Namespace) -> int:
+    response = await app.heal_event(settings, db, args.event_id)
     _print_json(response)
     return EXIT_OK if response["success"] else EXIT_FAILED
 
 
-async def cmd_scan(settings: Settings, conninfo: str, args: argparse.Namespace) -> int:
-    _print_json(await app.scan(settings, conninfo, args.window_minutes, args.limit))
+async def cmd_scan(settings: Settings, db: app.Database, args: argparse.Namespace) -> int:
+    _print_json(await app.scan(settings, db, args.window_minutes, args.limit))
     return EXIT_OK
 
 
@@ -185,9 +184,9 @@ def classify(stdin: TextIO, stdout: TextIO) -> int:
     return EXIT_OK
 
 
-async def cmd_inject(settings: Settings, conninfo: str, args: argparse.Namespace) -> int:
+async def cmd_inject(settings: Settings, db: app.Database, args: argparse.Namespace) -> int:
     failure = INJECTED_FAILURES[args.failure]
-    async with Store.open(conninfo, max_size=1) as store:
+    async with db.store(max_size=1) as store:
         event_id = await store.inject(
             {
                 "service_name": args.service,
@@ -202,8 +201,8 @@ async def cmd_inject(settings: Settings, conninfo: str, args: argparse.Namespace
     return EXIT_OK
 
 
-async def cmd_status(settings: Settings, conninfo: str, args: argparse.Namespace) -> int:
-    async with Store.open(conninfo, max_size=1) as store:
+async def cmd_status(settings: Settings, db: app.Database, args: argparse.Namespace) -> int:
+    async with db.store(max_size=1) as store:
         status = await store.status()
     if args.json:
         _print_json(status)
@@ -212,8 +211,8 @@ async def cmd_status(settings: Settings, conninfo: str, args: argparse.Namespace
     return EXIT_OK
 
 
-async def cmd_enable(settings: Settings, conninfo: str, args: argparse.Namespace) -> int:
-    async with Store.open(conninfo, max_size=1) as store:
+async def cmd_enable(settings: Settings, db: app.Database, args: argparse.Namespace) -> int:
+    async with db.store(max_size=1) as store:
         count = await store.enable(args.service, args.user)
     _print_json(
         {

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import secrets
 import signal
-import socket
 from typing import Protocol
 
 import anyio
 from anyio import CancelScope
 from anyio.abc import TaskStatus
 
-from selfheal.db.store import Store
+from selfheal.app import owner_name
+from selfheal.db.store import Database
 from selfheal.logs import get_logger
 from selfheal.services.base import Gate, Wakeup
 from selfheal.services.claimer import Claimer
@@ -21,7 +19,7 @@ from selfheal.services.listener import Listener
 from selfheal.services.scanner import Scanner
 from selfheal.settings import Settings
 
-__all__ = ["owner_name", "run_daemon"]
+__all__ = ["run_daemon"]
 
 log = get_logger()
 
@@ -30,18 +28,13 @@ class Stoppable(Protocol):
     def stop(self) -> None: ...
 
 
-def owner_name() -> str:
-    """Who holds a lease: readable in the tables, unique per process."""
-    # The suffix: two containers can share a hostname and both be pid 1.
-    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
-
-
-async def run_daemon(settings: Settings, conninfo: str, listen_conninfo: str) -> None:
+async def run_daemon(settings: Settings, db: Database, listen_conninfo: str | None) -> None:
+    """The daemon until SIGTERM; without a listen connection (a pooler) it polls."""
     owner = owner_name()
     claim_wakeup, scan_wakeup, heal_wakeup = Wakeup(), Wakeup(), Wakeup()
     backlog = Gate()  # diagnosing a backlog goes before recovering it
     async with (
-        Store.open(conninfo, max_size=settings.db_pool_size) as store,
+        db.store(settings.db_pool_size) as store,
         open_healer(store, settings, heal_wakeup, owner, backlog) as healer,
     ):
         # New records are due at once: the healer hears of them as they are written.
@@ -55,16 +48,20 @@ async def run_daemon(settings: Settings, conninfo: str, listen_conninfo: str) ->
             claim_wakeup.set()
             scan_wakeup.set()
 
-        listener = Listener(
-            listen_conninfo,
-            on_notify=claim_wakeup.set,
-            on_connect=catch_up,
-            check_interval=settings.listen_check_seconds,
-            reconnect_cap=settings.reconnect_max_seconds,
-        )
         async with anyio.create_task_group() as tg:
-            # Listen before claiming, so nothing committed after start-up goes unnoticed.
-            await tg.start(listener.run)
+            if listen_conninfo is None:
+                catch_up()
+            else:
+                listener = Listener(
+                    listen_conninfo,
+                    on_notify=claim_wakeup.set,
+                    on_connect=catch_up,
+                    check_interval=settings.listen_check_seconds,
+                    reconnect_cap=settings.reconnect_max_seconds,
+                    deadline=settings.db_timeout_seconds,
+                )
+                # Listen before claiming, so nothing committed after start-up goes unnoticed.
+                await tg.start(listener.run)
             workers = anyio.create_task_group()
             async with workers:
                 await tg.start(

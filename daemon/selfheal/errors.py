@@ -9,6 +9,7 @@ __all__ = [
     "PermanentError",
     "ServiceRegistrationFailed",
     "TemporaryError",
+    "innermost",
 ]
 
 
@@ -32,3 +33,11 @@ class DatabaseError(PermanentError):
 
 class ServiceRegistrationFailed(PermanentError):
     """integrations_master would not take a row with just a service_name."""
+
+
+def innermost(exc: BaseException) -> BaseException:
+    """The error that says what happened: the first leaf of an exception group (a task
+    group wraps the failing task's error, often several levels deep)."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import traceback
 from typing import Any, TextIO, cast
 
 import orjson
@@ -11,9 +12,10 @@ import structlog
 from structlog.typing import EventDict, FilteringBoundLogger
 
 from selfheal.core.sanitize import scrub, scrub_text
+from selfheal.errors import innermost
 from selfheal.settings import Settings
 
-__all__ = ["configure_logging", "first_line", "get_logger"]
+__all__ = ["configure_logging", "error_fields", "first_line", "get_logger"]
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
 _LEVELS["error"] = logging.ERROR
@@ -111,7 +113,8 @@ def _library_event(_: Any, __: str, event: EventDict) -> EventDict:
     return event
 
 
-_ERROR_FIELDS = ("error", "exception", "message")
+_ERROR_FIELDS = ("error", "exception", "message", "traceback")
+_FIELD_LENGTH = {"traceback": 20_000}
 
 
 def _scrub_errors(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
@@ -122,13 +125,23 @@ def _scrub_errors(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
             event[name] = (
                 scrub(value)
                 if isinstance(value, dict | list)
-                else scrub_text(str(value), max_length=8000)
+                else scrub_text(str(value), max_length=_FIELD_LENGTH.get(name, 8000))
             )
     return event
 
 
 def get_logger(**initial: Any) -> FilteringBoundLogger:
     return cast(FilteringBoundLogger, structlog.get_logger(**initial))
+
+
+def error_fields(exc: BaseException) -> dict[str, str]:
+    """An error as an operator reads it: `error`, the innermost cause in one line (type and
+    message), and `traceback`, the whole story, in a field of its own (no frame locals)."""
+    cause = innermost(exc)
+    return {
+        "error": f"{type(cause).__name__}: {first_line(cause)}",
+        "traceback": "".join(traceback.format_exception(exc)).rstrip(),
+    }
 
 
 def first_line(exc: BaseException) -> str:

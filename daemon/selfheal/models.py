@@ -4,13 +4,14 @@ plan -> execute -> record outcome). Plain data, no behaviour beyond coercion."""
 from __future__ import annotations
 
 import enum
+import itertools
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from selfheal.core.sanitize import storable_text
+from selfheal.core.sanitize import read_json, storable_text
 
 Clock = Callable[[], datetime]
 
@@ -102,8 +103,8 @@ class ClaimedFailure:
     http_status: Any
     error_code: Any
     error_message: Any
-    response_headers: Any
-    payload: Any
+    response_headers: str | None  # JSON text: the daemon reads it itself, within bounds
+    payload: str | None  # JSON text, read (within bounds) only for a data failure's shape
     user_id: uuid.UUID | None
     endpoint: str | None
     attempts: int
@@ -149,8 +150,8 @@ class Job:
     deferrals: int
     endpoint: str | None
     http_method: str | None
-    payload: Any
-    response_headers: Any
+    payload: str | None  # the JSON text as stored: replayed as it is, never parsed
+    response_headers: str | None  # JSON text, read within bounds when needed
     failed_at: datetime
     service_id: uuid.UUID | None
     service_enabled: bool
@@ -307,17 +308,31 @@ def _status(value: Any) -> int | None:
     return None
 
 
+_MAX_HEADERS = 200
+
+
 def _headers(value: Any) -> dict[str, str]:
+    """Response headers as names and text: from a mapping or its JSON text, at most
+    200 of them; values that are neither text, numbers nor lists of those are dropped (a
+    nested value is no header, and printing a deep one could exhaust the stack)."""
+    if isinstance(value, str):
+        value = read_json(value)
     if not isinstance(value, Mapping):
         return {}
     headers: dict[str, str] = {}
-    for name, raw in value.items():
+    for name, raw in itertools.islice(value.items(), _MAX_HEADERS):
         key = _text(name)
         if not key:
             continue
         if isinstance(raw, list | tuple):
-            raw = ", ".join(str(item) for item in raw)
+            raw = ", ".join(str(item) for item in raw if _is_scalar(item))
+        if not _is_scalar(raw):
+            continue
         text = _text(raw)
         if text is not None:
             headers[key.strip().lower()] = text.strip()
     return headers
+
+
+def _is_scalar(value: Any) -> bool:
+    return isinstance(value, str | int | float | bool | bytes)

@@ -41,6 +41,10 @@ class Settings(BaseSettings):
 
     # Everything else is SELFHEAL_*.
     listen_database_url: SecretStr | None = None
+    # "auto": a pooler between us and Postgres is detected at start (the backend we talk
+    # to is not the one the connection announced); "pgbouncer" says so, "none" skips it.
+    database_pooler: Literal["auto", "none", "pgbouncer"] = "auto"
+    db_timeout_seconds: float = Field(default=15.0, gt=0, le=3600)  # every round trip
     data_dir: str | None = None
     lease_seconds: float = Field(default=60.0, gt=0, le=86_400)
     scan_interval_seconds: float = Field(default=900.0, gt=0)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from selfheal.http.clients import HttpClients
+from selfheal.http.oauth import RefreshFailed, refresh_access_token
 from selfheal.http.replay import ReplayRequest, replay
 from tests.support.http import Response, StubServer
 
@@ -62,7 +63,7 @@ async def clients(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[HttpClients]
 
 
 def request(url: str) -> ReplayRequest:
-    return ReplayRequest(uuid.uuid4(), "POST", url, {"text": "héllo"}, 1, "tok-123")
+    return ReplayRequest(uuid.uuid4(), "POST", url, '{"text": "héllo"}', 1, "tok-123")
 
 
 async def test_replay_over_tls_to_a_trusted_server(
@@ -118,3 +119,26 @@ async def test_refused_dropped_and_slow(clients: HttpClients) -> None:
         "<html>oops</html>",
     )
     assert not failed.succeeded
+
+
+async def test_a_body_that_trickles_ends_at_the_timeout(clients: HttpClients) -> None:
+    # Every read gets a byte in time; the whole would take a minute. The replay ends at
+    # the client's timeout (0.5 s) as a timeout, not a minute later.
+    with StubServer() as api:
+        api.route("POST", "/trickle", Response(200, b"x" * 120, trickle=0.5))
+        result = await replay(clients, "svc", request(api.url + "/trickle"))
+    assert (result.status, result.error_code) == (None, "ETIMEDOUT")
+
+
+async def test_a_token_endpoint_that_trickles_is_a_temporary_failure(
+    clients: HttpClients,
+) -> None:
+    with StubServer() as token_endpoint:
+        token_endpoint.route(
+            "POST", "/token", Response(200, {"access_token": "at-" + "x" * 100}, trickle=0.5)
+        )
+        config = {"token_url": token_endpoint.url + "/token", "client_id": "app"}
+        with pytest.raises(RefreshFailed) as failed:
+            await refresh_access_token(clients.client, config, "rt-1", deadline=0.5)
+    assert failed.value.temporary
+    assert failed.value.reason == "the token endpoint timed out"

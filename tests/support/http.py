@@ -109,6 +109,9 @@ class Response:
     """Seconds to wait before answering; :meth:`StubServer.stop` interrupts the wait."""
     drop: bool = False
     """Close the connection without answering, as a network failure would."""
+    trickle: float = 0.0
+    """Seconds between the body's bytes, sent one at a time after the headers: a server
+    that stalls mid-body (each read succeeds, the whole never arrives in time)."""
 
     def encoded(self) -> tuple[bytes, dict[str, str]]:
         """The body bytes and the headers to send (lower-case names, without content-length)."""
@@ -259,7 +262,14 @@ class _RequestHandler(BaseHTTPRequestHandler):
                 self.send_header(name, value)
             self.send_header("content-length", str(len(data)))
             self.end_headers()
-            if self.command != "HEAD":
+            if self.command != "HEAD" and response.trickle > 0:
+                self.wfile.flush()
+                for index in range(len(data)):
+                    if stub._stopping.wait(response.trickle):
+                        break
+                    self.wfile.write(data[index : index + 1])
+                    self.wfile.flush()
+            elif self.command != "HEAD":
                 self.wfile.write(data)
             self.wfile.flush()
         except OSError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime
 
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 
 from selfheal.core.diagnose import diagnose, failure_reason
 from selfheal.core.retry import reconnect_delay
+from selfheal.core.sanitize import MAX_JSON_BYTES, Unreadable, read_json
 from selfheal.models import Category, ClaimedFailure, Failure
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
@@ -23,6 +25,7 @@ json_values = st.recursive(
 
 
 def claimed(**fields: object) -> ClaimedFailure:
+    """A claimed row; its JSON columns arrive as text, as the claim query reads them."""
     base: dict[str, object] = {
         "event_id": uuid.uuid4(),
         "service_name": "slack",
@@ -36,6 +39,9 @@ def claimed(**fields: object) -> ClaimedFailure:
         "attempts": 1,
     }
     base.update(fields)
+    for column in ("response_headers", "payload"):
+        if not isinstance(base[column], str):
+            base[column] = json.dumps(base[column])
     return ClaimedFailure(**base)  # type: ignore[arg-type]
 
 
@@ -117,3 +123,43 @@ def test_reconnect_delay_grows_and_is_capped() -> None:
     assert delays[0] == 0.1
     assert max(delays) == 5.0
     assert reconnect_delay(3, cap=5.0, rand=0.0) == 0.4
+
+
+def test_json_columns_are_read_within_bounds() -> None:
+    deep = "[" * 5_000 + "]" * 5_000
+    assert isinstance(read_json(deep), Unreadable)  # deeper than the parser goes
+    assert isinstance(read_json("x" * (MAX_JSON_BYTES + 1)), Unreadable)
+    assert isinstance(read_json("{not json"), Unreadable)
+    assert read_json(None) is None
+    assert read_json('{"a": [1, 2]}') == {"a": [1, 2]}
+
+
+def test_a_deep_payload_is_recorded_with_its_shape_cut() -> None:
+    for depth in (900, 5_000):  # one the parser reads, one it refuses
+        record = diagnose(
+            claimed(
+                http_status=422,
+                error_code="validation_error",
+                payload="[" * depth + "]" * depth,
+            ),
+            NOW,
+        )
+        shaped = orjson.loads(record.signals_json)["payload_shape"]
+        assert len(orjson.dumps(shaped)) < 1_000
+
+
+def test_headers_keep_only_text_and_numbers() -> None:
+    nested: object = "deep"
+    for _ in range(2_000):
+        nested = {"x": nested}
+    headers = orjson.dumps(
+        {"Retry-After": "30", "X-Deep": {"a": 1}, "X-List": [1, {"b": 2}, "c"]}
+    ).decode()
+    assert Failure.coerce(response_headers=headers).response_headers == {
+        "retry-after": "30",
+        "x-list": "1, c",
+    }
+    # Nested past any stack: dropped, never printed.
+    assert Failure.coerce(response_headers={"x-deep": nested}).response_headers == {}
+    many = {f"h{i}": "v" for i in range(10_000)}
+    assert len(Failure.coerce(response_headers=many).response_headers) == 200

@@ -10,7 +10,7 @@ import orjson
 
 from selfheal.core.analyzer import analyze
 from selfheal.core.plan import planned_action
-from selfheal.core.sanitize import scrub, scrub_text, shape
+from selfheal.core.sanitize import read_json, scrub, scrub_text, shape
 from selfheal.models import Category, ClaimedFailure, Diagnosis, Failure, ReplayResult
 
 __all__ = [
@@ -44,7 +44,7 @@ def diagnose(claimed: ClaimedFailure, now: datetime) -> Diagnosis:
     if failure.error_code:
         signals["error_code"] = scrub_text(failure.error_code, max_length=200)
     if analysis.category is Category.DATA and claimed.payload is not None:
-        signals["payload_shape"] = shape(claimed.payload)
+        signals["payload_shape"] = shape(read_json(claimed.payload))
     return Diagnosis(
         event_id=claimed.event_id,
         service_name=failure.service_name or "unknown",

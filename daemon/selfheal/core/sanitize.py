@@ -12,7 +12,18 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-__all__ = ["REDACTED", "scrub", "scrub_text", "shape", "storable_text"]
+import orjson
+
+__all__ = [
+    "MAX_JSON_BYTES",
+    "REDACTED",
+    "Unreadable",
+    "read_json",
+    "scrub",
+    "scrub_text",
+    "shape",
+    "storable_text",
+]
 
 REDACTED = "[REDACTED]"
 
@@ -573,12 +584,43 @@ def scrub(value: Any, max_depth: int = 32, max_items: int = 1000) -> Any:
 # --------------------------------------------------------------------------- shape
 
 
+#: JSON an integration wrote is read only up to this size (response headers, a payload's
+#: shape); a larger value is reported, not read.
+MAX_JSON_BYTES = 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Unreadable:
+    """JSON that was not read, and why (too large, nested too deep, not JSON)."""
+
+    reason: str
+
+
+def read_json(text: str | None, max_bytes: int = MAX_JSON_BYTES) -> Any:
+    """A JSON column an integration wrote, read within bounds: None stays None, anything
+    too large, too deep (the parser stops at 1,024 levels) or not JSON becomes an
+    Unreadable with the reason. Never raises."""
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        return Unreadable(f"not JSON text but {type(text).__name__}")
+    if len(text) > max_bytes:
+        return Unreadable(f"{len(text):,} characters, more than the {max_bytes:,} read")
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        return Unreadable(f"not read as JSON: {str(exc)[:120]}")
+
+
 def shape(value: Any, max_depth: int = 8) -> Any:
     """The structure of a payload without its values, for an admin to look at.
 
     Dicts keep their (scrubbed) keys, lists show their first element and their length,
     scalars become "string", "number", "boolean" or "null"; secret keys show "redacted".
+    An Unreadable payload shows why it was not read.
     """
+    if isinstance(value, Unreadable):
+        return {"unreadable": value.reason}
     return _shape(value, 0, max(0, max_depth))
 
 

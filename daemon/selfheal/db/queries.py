@@ -17,9 +17,13 @@ CREATE TABLE IF NOT EXISTS selfheal_migrations (
     applied_at timestamptz NOT NULL DEFAULT now()
 )
 """
-LOCK_MIGRATIONS: LiteralString = "SELECT pg_advisory_lock(%(key)s)"
-UNLOCK_MIGRATIONS: LiteralString = "SELECT pg_advisory_unlock(%(key)s)"
+# Held for the transaction that applies one migration: a second `selfheal migrate` waits,
+# then finds it applied. Transaction-scoped, so it cannot outlive a pooled transaction.
+LOCK_MIGRATIONS: LiteralString = "SELECT pg_advisory_xact_lock(%(key)s)"
 APPLIED_MIGRATIONS: LiteralString = "SELECT name FROM selfheal_migrations"
+IS_MIGRATION_APPLIED: LiteralString = (
+    "SELECT EXISTS (SELECT 1 FROM selfheal_migrations WHERE name = %(name)s)"
+)
 RECORD_MIGRATION: LiteralString = "INSERT INTO selfheal_migrations (name) VALUES (%(name)s)"
 
 IS_LISTENING: LiteralString = (
@@ -28,7 +32,8 @@ IS_LISTENING: LiteralString = (
 
 # Lease a batch from the inbox: its rows become invisible to every claimer until the
 # lease runs out, so a killed daemon's batch comes back by itself. `attempts` counts
-# claims: a row claimed again was in flight when something went wrong.
+# claims: a row claimed again was in flight when something went wrong. The JSON columns
+# an integration writes come as text: the daemon reads them itself, within bounds.
 CLAIM_FAILURES: LiteralString = """
 WITH claimed AS (
     UPDATE selfheal_inbox q
@@ -44,7 +49,8 @@ WITH claimed AS (
     RETURNING q.event_id, q.attempts
 )
 SELECT c.event_id, e.service_name, e.http_status, e.error_code, e.error_message,
-       e.response_headers, e.payload, e.user_id, e.endpoint, c.attempts,
+       e.response_headers::text AS response_headers, e.payload::text AS payload,
+       e.user_id, e.endpoint, c.attempts,
        e.id IS NULL AS vanished
 FROM claimed c
 LEFT JOIN integration_events e ON e.id = c.event_id
@@ -53,7 +59,8 @@ LEFT JOIN integration_events e ON e.id = c.event_id
 # Named events (`selfheal heal`, `selfheal scan`): no lease, the unique event_id decides.
 CLAIM_EVENTS: LiteralString = """
 SELECT e.id AS event_id, e.service_name, e.http_status, e.error_code, e.error_message,
-       e.response_headers, e.payload, e.user_id, e.endpoint,
+       e.response_headers::text AS response_headers, e.payload::text AS payload,
+       e.user_id, e.endpoint,
        COALESCE(q.attempts, 0) AS attempts, false AS vanished
 FROM integration_events e
 LEFT JOIN selfheal_inbox q ON q.event_id = e.id
@@ -246,7 +253,8 @@ WITH due AS (
               s.created_at
 )
 SELECT c.id AS record_id, c.event_id, c.service_name, c.failure_category AS category,
-       c.attempts, c.deferrals, e.endpoint, e.http_method, e.payload, e.response_headers,
+       c.attempts, c.deferrals, e.endpoint, e.http_method,
+       e.payload::text AS payload, e.response_headers::text AS response_headers,
        COALESCE(e.created_at, c.created_at) AS failed_at,
        m.id AS service_id, COALESCE(m.auto_recovery_enabled, true) AS service_enabled,
        m.oauth_config,
@@ -358,13 +366,23 @@ WITH o AS (
 SELECT count(*) FROM records CROSS JOIN notified
 """
 
-# Token refresh, serialized per user connection across daemons (held for the refresh).
-LOCK_USER_CONNECTION: LiteralString = (
-    "SELECT pg_advisory_lock(hashtextextended('selfheal.refresh:' || %(id)s::text, 0))"
+# Token refresh, one at a time per user connection across daemons: a lease on the row,
+# taken when free or run out, released by its holder.
+CLAIM_REFRESH: LiteralString = """
+WITH claimed AS (
+    UPDATE user_integrations
+    SET refresh_claimed_by = %(holder)s,
+        refresh_claimed_until = now() + make_interval(secs => %(lease_seconds)s)
+    WHERE id = %(id)s AND (refresh_claimed_until IS NULL OR refresh_claimed_until < now())
+    RETURNING id
 )
-UNLOCK_USER_CONNECTION: LiteralString = (
-    "SELECT pg_advisory_unlock(hashtextextended('selfheal.refresh:' || %(id)s::text, 0))"
-)
+SELECT EXISTS (SELECT 1 FROM claimed) AS claimed,
+       EXISTS (SELECT 1 FROM user_integrations WHERE id = %(id)s) AS present
+"""
+RELEASE_REFRESH: LiteralString = """
+UPDATE user_integrations SET refresh_claimed_by = NULL, refresh_claimed_until = NULL
+WHERE id = %(id)s AND refresh_claimed_by = %(holder)s
+"""
 USER_CONNECTION_TOKENS: LiteralString = """
 SELECT access_token, refresh_token, token_refreshed_at AS refreshed_at,
        reauth_token_digest AS reauth_digest

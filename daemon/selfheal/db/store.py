@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, LiteralString, TypeVar
+from typing import Any, LiteralString, TypeVar, cast
 
 import anyio
 import psycopg
@@ -20,6 +20,7 @@ from psycopg_pool import AsyncConnectionPool
 from selfheal.core.effects import fold_effects
 from selfheal.core.thresholds import Thresholds
 from selfheal.db import queries
+from selfheal.db.connections import ConnectionPolicy, deadline_missed, with_keepalives
 from selfheal.errors import DatabaseError, DatabaseUnavailable, ServiceRegistrationFailed
 from selfheal.logs import first_line
 from selfheal.models import (
@@ -32,7 +33,7 @@ from selfheal.models import (
     UserConnectionTokens,
 )
 
-__all__ = ["DisabledTarget", "RecordSummary", "Store"]
+__all__ = ["Database", "DisabledTarget", "RecordSummary", "Store"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,11 +75,13 @@ def _translated(exc: psycopg.Error) -> DatabaseUnavailable | DatabaseError:
     return DatabaseError(f"{type(exc).__name__}: {first_line(exc)}")
 
 
-async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
+async def _configure(conn: psycopg.AsyncConnection[Any], policy: ConnectionPolicy) -> None:
     # A commit lost in a Postgres crash loses the record and its inbox deletion together
     # (one statement): the lease runs out and the failure is diagnosed again. So no
     # fsync wait on the hot path. Recovery outcomes (side effects) commit synchronously.
-    await conn.execute("SET synchronous_commit TO off")
+    # Through a transaction pooler a SET would leak to other clients: not there.
+    if not policy.pooled:
+        await conn.execute("SET synchronous_commit TO off")
 
 
 def _ignore(_: psycopg.Notify) -> None:
@@ -93,11 +96,13 @@ class _HotPath:
     much as the query. A connection found dead (Postgres restarted while it was idle) is
     replaced and the statement sent once more; every statement run here is safe to repeat."""
 
-    def __init__(self, conninfo: str, *, warm: bool = False) -> None:
+    def __init__(self, conninfo: str, policy: ConnectionPolicy, *, warm: bool = False) -> None:
         self._conninfo = conninfo
+        self._policy = policy
         # warm: the backend LISTENs too, so Postgres itself wakes it with each NOTIFY and
         # it is running when the claim arrives (a cold backend costs ~0.3 ms on a VM).
-        self._warm = warm
+        # Through a pooler there is no backend of our own to keep warm.
+        self._warm = warm and not policy.pooled
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self._lock = anyio.Lock()
 
@@ -108,10 +113,14 @@ class _HotPath:
             for attempt in (1, 2):
                 fresh = self._conn is None
                 try:
-                    conn = self._conn or await self._connect()
-                    async with conn.cursor(row_factory=rows) as cur:
-                        await cur.execute(query, params)
-                        return await cur.fetchall()
+                    with anyio.fail_after(self._policy.deadline):
+                        conn = self._conn or await self._connect()
+                        async with conn.cursor(row_factory=rows) as cur:
+                            await cur.execute(query, params)
+                            return await cur.fetchall()
+                except TimeoutError:
+                    await self.close()
+                    raise deadline_missed(self._policy.deadline) from None
                 except psycopg.OperationalError as exc:
                     await self.close()
                     if fresh or attempt == 2:
@@ -121,8 +130,10 @@ class _HotPath:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _connect(self) -> psycopg.AsyncConnection[Any]:
-        self._conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
-        await _configure(self._conn)
+        self._conn = await psycopg.AsyncConnection.connect(
+            self._conninfo, **self._policy.connect_kwargs
+        )
+        await _configure(self._conn, self._policy)
         if self._warm:
             self._conn.add_notify_handler(_ignore)
             await self._conn.execute(
@@ -136,34 +147,51 @@ class _HotPath:
         self._conn = None
 
 
+@dataclass(frozen=True, slots=True)
+class Database:
+    """Where the daemon's database is, and how to connect to it."""
+
+    conninfo: str
+    policy: ConnectionPolicy
+
+    def store(self, max_size: int) -> AbstractAsyncContextManager[Store]:
+        return Store.open(self.conninfo, max_size, self.policy)
+
+
 _CLAIMED = class_row(ClaimedFailure)
 _JOB = kwargs_row(Job.from_columns)
 
 
 class Store:
-    def __init__(self, pool: AsyncConnectionPool[Any], conninfo: str, pool_size: int) -> None:
+    def __init__(
+        self, pool: AsyncConnectionPool[Any], conninfo: str, policy: ConnectionPolicy
+    ) -> None:
         self._pool = pool
+        self._policy = policy
         # Claims and records run on connections of their own, so that the claimer can
         # diagnose one batch while the previous one is being written.
-        self._claims = _HotPath(conninfo, warm=True)
-        self._records = _HotPath(conninfo)
+        self._claims = _HotPath(conninfo, policy, warm=True)
+        self._records = _HotPath(conninfo, policy)
         self._refresh_locks: dict[uuid.UUID, anyio.Lock] = {}
-        self._refreshing = anyio.Semaphore(max(1, pool_size // 2))
 
     @classmethod
     @asynccontextmanager
-    async def open(cls, conninfo: str, max_size: int = 8) -> AsyncIterator[Store]:
+    async def open(
+        cls, conninfo: str, max_size: int = 8, policy: ConnectionPolicy | None = None
+    ) -> AsyncIterator[Store]:
+        policy = policy or ConnectionPolicy()
+        conninfo = with_keepalives(conninfo, policy.deadline)
         pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
             conninfo,
             min_size=1,
             max_size=max_size,
-            kwargs={"autocommit": True},
+            kwargs=policy.connect_kwargs,
             open=False,
             timeout=5.0,
             name="selfheal",
         )
         await pool.open(wait=False)
-        store = cls(pool, conninfo, max_size)
+        store = cls(pool, conninfo, policy)
         try:
             yield store
         finally:
@@ -173,9 +201,18 @@ class Store:
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """A pooled connection whose round trips must end within the deadline; one that
+        does not is closed (the pool drops it) and the pool's others replaced: a dead link
+        is seldom alone."""
         try:
             async with self._pool.connection() as conn:
-                yield conn
+                try:
+                    with anyio.fail_after(self._policy.deadline):
+                        yield conn
+                except TimeoutError:
+                    await conn.close()
+                    await self._pool.drain()
+                    raise deadline_missed(self._policy.deadline) from None
         except psycopg.Error as exc:
             raise _translated(exc) from exc
 
@@ -239,23 +276,21 @@ class Store:
         await self._execute(queries.RELEASE_FAILURES, {"event_ids": list(event_ids)})
 
     async def enqueue_backlog(self, chunk: int) -> tuple[int, int]:
-        """Put every unrecorded failure, however old, into the inbox; (seen, queued)."""
+        """Put every unrecorded failure, however old, into the inbox; (seen, queued).
+        One short statement per chunk, each under the deadline."""
         seen = queued = 0
         after: tuple[Any, Any] = (None, uuid.UUID(int=0))
-        async with self._connection() as conn:
-            while True:
-                cur = await conn.execute(
-                    queries.ENQUEUE_BACKLOG,
-                    {"after_created_at": after[0], "after_id": after[1], "limit": chunk},
-                )
-                row = await cur.fetchone()
-                assert row is not None  # noqa: S101 - an aggregate always returns a row
-                chunk_seen, chunk_queued, last_created_at, last_id = row
-                seen += chunk_seen
-                queued += chunk_queued
-                if chunk_seen < chunk:
-                    return seen, queued
-                after = (last_created_at, last_id)
+        while True:
+            [(chunk_seen, chunk_queued, last_created_at, last_id)] = await self._fetchall(
+                queries.ENQUEUE_BACKLOG,
+                {"after_created_at": after[0], "after_id": after[1], "limit": chunk},
+                tuple_row,
+            )
+            seen += chunk_seen
+            queued += chunk_queued
+            if chunk_seen < chunk:
+                return seen, queued
+            after = (last_created_at, last_id)
 
     async def unrecorded_failures(self, window_minutes: float, limit: int) -> list[uuid.UUID]:
         rows = await self._fetchall(
@@ -312,20 +347,40 @@ class Store:
         return int(rows[0][0]) if rows else 0
 
     @asynccontextmanager
-    async def refresh_lock(self, user_connection_id: uuid.UUID) -> AsyncIterator[_LockedTokens]:
-        """Held while one user connection's token is refreshed: in this process (waiters
-        hold no database connection) and across daemons (an advisory lock). Reads and
-        writes of the tokens go through the lock's own connection, and refreshes at once
-        are capped, so refreshing can never take every connection of the pool."""
+    async def refresh_lock(
+        self, user_connection_id: uuid.UUID, lease_seconds: float
+    ) -> AsyncIterator[_LockedTokens]:
+        """Held while one user connection's token is refreshed: in this process (an anyio
+        lock; waiters hold no database connection) and across daemons (a lease on the row,
+        so that no lock outlives a transaction, through PgBouncer too, and a crashed
+        holder's claim runs out after `lease_seconds`)."""
         local = self._refresh_locks.setdefault(user_connection_id, anyio.Lock())
-        async with local, self._refreshing, self._connection() as conn:
-            await conn.execute(queries.LOCK_USER_CONNECTION, {"id": user_connection_id})
+        async with local:
+            holder = uuid.uuid4()
+            await self._claim_refresh(user_connection_id, holder, lease_seconds)
             try:
-                yield _LockedTokens(conn, user_connection_id)
+                yield _LockedTokens(self, user_connection_id)
             finally:
-                await conn.execute(queries.UNLOCK_USER_CONNECTION, {"id": user_connection_id})
+                with anyio.CancelScope(shield=True):
+                    await self._execute(
+                        queries.RELEASE_REFRESH, {"id": user_connection_id, "holder": holder}
+                    )
         if not local.statistics().tasks_waiting:
             self._refresh_locks.pop(user_connection_id, None)
+
+    async def _claim_refresh(
+        self, user_connection_id: uuid.UUID, holder: uuid.UUID, lease_seconds: float
+    ) -> None:
+        """Wait until this process holds the refresh lease (another daemon's refresh takes
+        one token request: the wait is short), or the user connection is gone."""
+        params = {"id": user_connection_id, "holder": holder, "lease_seconds": lease_seconds}
+        pause = 0.05
+        while True:
+            [(claimed, present)] = await self._fetchall(queries.CLAIM_REFRESH, params, tuple_row)
+            if claimed or not present:
+                return
+            await anyio.sleep(pause)
+            pause = min(pause * 2, 0.5)
 
     async def renew_leases(self, owner: str, lease_seconds: float) -> None:
         await self._execute(queries.RENEW_LEASES, {"owner": owner, "lease_seconds": lease_seconds})
@@ -381,20 +436,21 @@ class Store:
 
 
 class _LockedTokens:
-    """The tokens of one user connection, read and written under its refresh lock."""
+    """The tokens of one user connection, read and written under its refresh lease."""
 
-    def __init__(self, conn: psycopg.AsyncConnection[Any], user_connection_id: uuid.UUID) -> None:
-        self._conn = conn
+    def __init__(self, store: Store, user_connection_id: uuid.UUID) -> None:
+        self._store = store
         self._id = user_connection_id
 
     async def tokens(self) -> UserConnectionTokens | None:
-        async with self._conn.cursor(row_factory=class_row(UserConnectionTokens)) as cur:
-            await cur.execute(queries.USER_CONNECTION_TOKENS, {"id": self._id})
-            return await cur.fetchone()
+        rows = await self._store._fetchall(
+            queries.USER_CONNECTION_TOKENS, {"id": self._id}, class_row(UserConnectionTokens)
+        )
+        return rows[0] if rows else None
 
     async def save(self, grant: TokenGrant) -> datetime:
         """Store the new tokens in one statement, committed before they are used."""
-        cur = await self._conn.execute(
+        [(refreshed_at,)] = await self._store._fetchall(
             queries.SAVE_TOKENS,
             {
                 "id": self._id,
@@ -402,14 +458,12 @@ class _LockedTokens:
                 "refresh_token": grant.refresh_token,
                 "expires_in": grant.expires_in,
             },
+            tuple_row,
         )
-        row = await cur.fetchone()
-        assert row is not None  # noqa: S101 - the row was read under the same lock
-        refreshed_at: datetime = row[0]
-        return refreshed_at
+        return cast(datetime, refreshed_at)
 
     async def mark_reauth_required(self, digest: str) -> None:
-        await self._conn.execute(queries.MARK_REAUTH_REQUIRED, {"id": self._id, "digest": digest})
+        await self._store._execute(queries.MARK_REAUTH_REQUIRED, {"id": self._id, "digest": digest})
 
 
 def _diagnosis_columns(diagnoses: Sequence[Diagnosis]) -> dict[str, list[Any]]:

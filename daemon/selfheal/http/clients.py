@@ -8,6 +8,7 @@ import urllib.request
 from typing import Literal
 from urllib.parse import urlsplit
 
+import anyio
 import httpcore
 import httpx
 
@@ -42,6 +43,7 @@ class HttpClients:
         trust_env: bool = True,
         network: NetworkBackend = "asyncio",
     ) -> None:
+        self.timeout = timeout  # the whole of one request, not only each read
         self._timeouts = {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}
         self._per_service = per_service
         self._ssl = httpx.create_ssl_context(trust_env=trust_env)  # shared: costly to make
@@ -74,14 +76,19 @@ class HttpClients:
     async def send(
         self, service_name: str, method: str, url: str, headers: dict[str, str], body: bytes
     ) -> httpcore.Response:
-        """Send and read the whole response; httpcore errors pass through."""
-        return await self._pool(service_name, url).request(
-            method,
-            url,
-            headers=list(headers.items()),
-            content=body or None,
-            extensions={"timeout": self._timeouts},
-        )
+        """Send and read the whole response within the timeout (a server that trickles
+        its body does not hold a replay longer); httpcore errors pass through."""
+        try:
+            with anyio.fail_after(self.timeout):
+                return await self._pool(service_name, url).request(
+                    method,
+                    url,
+                    headers=list(headers.items()),
+                    content=body or None,
+                    extensions={"timeout": self._timeouts},
+                )
+        except TimeoutError as exc:
+            raise httpcore.ReadTimeout(f"no whole answer within {self.timeout:g} s") from exc
 
     async def aclose(self) -> None:
         for pool in self._pools.values():

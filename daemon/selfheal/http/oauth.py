@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
+import anyio
 import httpx
 import orjson
 
@@ -31,7 +32,10 @@ class RefreshFailed(Exception):
 
 
 async def refresh_access_token(
-    client: httpx.AsyncClient, oauth_config: Mapping[str, Any], refresh_token: str
+    client: httpx.AsyncClient,
+    oauth_config: Mapping[str, Any],
+    refresh_token: str,
+    deadline: float,
 ) -> TokenGrant:
     token_url = oauth_config.get("token_url")
     client_id = oauth_config.get("client_id")
@@ -57,10 +61,11 @@ async def refresh_access_token(
         pair = f"{quote(client_id, safe='')}:{quote(secret, safe='')}".encode()
         headers["Authorization"] = "Basic " + base64.b64encode(pair).decode()
     try:
-        response = await client.post(token_url, data=form, headers=headers)
+        with anyio.fail_after(deadline):  # the whole exchange, however slowly it trickles
+            response = await client.post(token_url, data=form, headers=headers)
     except (httpx.InvalidURL, ValueError) as exc:
         raise RefreshFailed("oauth_config.token_url is not a valid URL") from exc
-    except httpx.TimeoutException as exc:
+    except (httpx.TimeoutException, TimeoutError) as exc:
         raise RefreshFailed("the token endpoint timed out", temporary=True) from exc
     except httpx.HTTPError as exc:
         raise RefreshFailed(

@@ -6,11 +6,9 @@ from __future__ import annotations
 import ssl
 import uuid
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import urlsplit
 
 import httpcore
-import orjson
 
 from selfheal.core.analyzer import ok_false
 from selfheal.core.retry import idempotency_key
@@ -30,7 +28,7 @@ class ReplayRequest:
     event_id: uuid.UUID
     method: str
     endpoint: str
-    payload: Any
+    payload: str | None  # JSON text
     attempt: int
     access_token: str | None
 
@@ -65,7 +63,7 @@ async def replay(clients: HttpClients, service_name: str, request: ReplayRequest
         headers["Authorization"] = f"Bearer {request.access_token}"
     content = b""
     if request.payload is not None and method not in _BODYLESS:
-        content = orjson.dumps(request.payload)
+        content = request.payload.encode()  # the stored JSON text, sent as it is
         headers["Content-Type"] = "application/json"
     try:
         response = await clients.send(service_name, method, request.endpoint, headers, content)

@@ -9,12 +9,13 @@ from collections.abc import Awaitable, Callable
 from typing import ClassVar
 
 import anyio
+import structlog
 
 from selfheal.core.retry import reconnect_delay
 from selfheal.errors import TemporaryError
 from selfheal.logs import first_line, get_logger
 
-__all__ = ["Backoff", "Gate", "Service", "Wakeup", "retry_until_done", "sole_error"]
+__all__ = ["Backoff", "Gate", "Service", "Wakeup", "retry_until_done"]
 
 log = get_logger()
 
@@ -100,6 +101,15 @@ class Service:
         log.warning(f"{self.name}.db_unavailable", error=first_line(exc), retry_in=retry_in)
 
     async def run(self) -> None:
+        # Every line logged by this service (and the tasks it starts) names it: `loop`.
+        with structlog.contextvars.bound_contextvars(loop=self.name):
+            await self.main()
+
+    async def main(self) -> None:
+        """What the service runs: the loop, or (in a subclass) the loop and its helpers."""
+        await self.loop()
+
+    async def loop(self) -> None:
         while not self.stopping:
             try:
                 due = await self.step()
@@ -126,10 +136,3 @@ async def retry_until_done(
             delay = backoff.next_delay()
             log.warning(f"{name}.write_failed", error=first_line(exc), retry_in=delay)
             await anyio.sleep(delay)
-
-
-def sole_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The first leaf of an exception group: what a task group's caller should see (a
-    daemon task that failed raises its own error, not a tree of groups)."""
-    first = group.exceptions[0]
-    return sole_error(first) if isinstance(first, BaseExceptionGroup) else first

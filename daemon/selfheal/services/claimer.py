@@ -15,10 +15,10 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from selfheal.core.diagnose import diagnose, parked_signals
 from selfheal.core.sanitize import scrub_text
 from selfheal.db.store import Store
-from selfheal.errors import DatabaseUnavailable, PermanentError
-from selfheal.logs import first_line, get_logger
+from selfheal.errors import DatabaseUnavailable, PermanentError, innermost
+from selfheal.logs import error_fields, first_line, get_logger
 from selfheal.models import ClaimedFailure, Clock, Diagnosis, Recorded, utcnow
-from selfheal.services.base import Gate, Service, Wakeup, sole_error
+from selfheal.services.base import Gate, Service, Wakeup
 from selfheal.settings import Settings
 
 __all__ = ["Claimer"]
@@ -97,7 +97,7 @@ class Claimer(Service):
                         claimed = await self._store.claim(limit, self._settings.lease_seconds)
                         in_flight.append([c.event_id for c in claimed])
         except BaseExceptionGroup as group:
-            raise sole_error(group) from None
+            raise innermost(group) from None
         return written[0]
 
     async def _write_batches(
@@ -153,7 +153,7 @@ class Claimer(Service):
 
     async def _process_suspect(self, suspect: ClaimedFailure) -> list[Recorded]:
         if suspect.attempts > self._settings.max_processing_attempts:
-            await self._park(suspect, "claimed repeatedly without being recorded")
+            await self._park(suspect, {"error": "claimed repeatedly without being recorded"})
             return []
         try:
             recorded = await self._store.record(
@@ -162,9 +162,9 @@ class Claimer(Service):
         except DatabaseUnavailable:
             raise
         except Exception as exc:  # a poison row: whatever it breaks, it breaks alone
-            error = scrub_text(f"{type(exc).__name__}: {first_line(exc)}", max_length=500)
+            fields = error_fields(exc)
             if suspect.attempts >= self._settings.max_processing_attempts:
-                await self._park(suspect, error)
+                await self._park(suspect, fields)
             else:
                 delay = min(60.0, 2.0**suspect.attempts)
                 log.warning(
@@ -173,21 +173,24 @@ class Claimer(Service):
                     service_name=suspect.service_name,
                     attempt=suspect.attempts,
                     retry_in=delay,
-                    error=error,
+                    **fields,
                 )
-                await self._store.defer(suspect.event_id, suspect.attempts, delay, error)
+                await self._store.defer(
+                    suspect.event_id, suspect.attempts, delay, _stored(fields["error"])
+                )
             return []
         self._log_recorded(recorded)
         return recorded
 
-    async def _park(self, suspect: ClaimedFailure, error: str) -> None:
+    async def _park(self, suspect: ClaimedFailure, fields: dict[str, str]) -> None:
         log.error(
             "failure.parked",
             event_id=str(suspect.event_id),
             service_name=suspect.service_name,
             attempts=suspect.attempts,
-            error=error,
+            **fields,
         )
+        error = _stored(fields["error"])
         await self._store.park(
             suspect.event_id, f"parked: {error}", parked_signals(error, suspect.attempts)
         )
@@ -214,3 +217,8 @@ class _Batch:
     diagnoses: list[Diagnosis] = field(default_factory=list)
     done: list[uuid.UUID] = field(default_factory=list)  # to take out of the inbox
     suspects: list[ClaimedFailure] = field(default_factory=list)
+
+
+def _stored(error: str) -> str:
+    """An error line as it may be stored: sanitized and short."""
+    return scrub_text(error, max_length=500)

@@ -54,7 +54,7 @@ class TokenStore(Protocol):
     """The database side of token refresh, serialized per user connection."""
 
     def refresh_lock(
-        self, user_connection_id: uuid.UUID
+        self, user_connection_id: uuid.UUID, lease_seconds: float
     ) -> AbstractAsyncContextManager[TokenSession]: ...
 
 
@@ -264,7 +264,9 @@ class Executor:
         """A token newer than `stale_before`: refreshed here, or by whoever refreshed it
         meanwhile (one refresh per user connection, however many failures arrive at once)."""
         assert job.user_connection_id is not None and job.oauth_config is not None  # noqa: S101
-        async with self._tokens.refresh_lock(job.user_connection_id) as session:
+        deadline = self._clients.timeout
+        # The lease outlasts the refresh, which the HTTP deadline bounds.
+        async with self._tokens.refresh_lock(job.user_connection_id, 3 * deadline) as session:
             tokens = await session.tokens()
             if tokens is None:
                 raise RefreshFailed("the user connection no longer exists")
@@ -284,7 +286,7 @@ class Executor:
             try:
                 async with self._limits.request(job.service_name):
                     grant = await refresh_access_token(
-                        self._clients.client, job.oauth_config, refresh_token
+                        self._clients.client, job.oauth_config, refresh_token, deadline
                     )
             except RefreshFailed as exc:
                 if exc.reauthorize:

@@ -20,7 +20,7 @@ from selfheal.core.thresholds import Thresholds
 from selfheal.db.store import Store
 from selfheal.errors import DatabaseUnavailable, ServiceRegistrationFailed
 from selfheal.http.clients import HttpClients
-from selfheal.logs import first_line, get_logger
+from selfheal.logs import error_fields, first_line, get_logger
 from selfheal.models import Clock, Job, Outcome, utcnow
 from selfheal.services.base import Gate, Service, Wakeup, retry_until_done
 from selfheal.services.execute import Executor, RequestLimits, Sleep
@@ -101,7 +101,7 @@ class Healer(Service):
         self._recoveries: TaskGroup | None = None
         self._outcomes: MemoryObjectSendStream[Outcome] | None = None
 
-    async def run(self) -> None:
+    async def main(self) -> None:
         send, receive = anyio.create_memory_object_stream[Outcome](math.inf)
         try:
             async with anyio.create_task_group() as writing:
@@ -111,7 +111,7 @@ class Healer(Service):
                     # Leaving this group waits for the recoveries in flight (within the grace).
                     async with anyio.create_task_group() as recoveries:
                         self._recoveries, self._outcomes = recoveries, send
-                        await super().run()
+                        await self.loop()
                     renewing.cancel_scope.cancel()
         finally:
             self._recoveries = self._outcomes = None
@@ -125,7 +125,7 @@ class Healer(Service):
         if free == 0:
             return None  # a finishing recovery wakes us
         jobs = await self._claim(min(free, self._settings.batch_size))
-        assert self._recoveries is not None  # noqa: S101 - run() is the only caller
+        assert self._recoveries is not None  # noqa: S101 - main() is the only caller
         for job in jobs:
             token = object()
             self._slots.acquire_on_behalf_of_nowait(token)
@@ -184,8 +184,11 @@ class Healer(Service):
         try:
             outcome = await self._executor.recover(job)
         except Exception as exc:  # a bug must not take the daemon down or lose the record
-            log.exception(
-                "recovery.crashed", event_id=str(job.event_id), service_name=job.service_name
+            log.error(
+                "recovery.crashed",
+                event_id=str(job.event_id),
+                service_name=job.service_name,
+                **error_fields(exc),
             )
             outcome = planning.crashed(job, type(exc).__name__, now=self._clock())
         log.info(

@@ -13,6 +13,7 @@ from anyio.abc import TaskStatus
 from psycopg import sql
 
 from selfheal.db import queries
+from selfheal.db.connections import deadline_missed, with_keepalives
 from selfheal.errors import DatabaseUnavailable, TemporaryError
 from selfheal.logs import first_line, get_logger
 from selfheal.services.base import Service, Wakeup
@@ -34,10 +35,12 @@ class Listener(Service):
         on_connect: Callable[[], None],
         check_interval: float,
         reconnect_cap: float,
+        deadline: float,
     ) -> None:
         # The loop never rests between steps: a step ends only when the connection does.
         super().__init__(Wakeup(), period=0.0, reconnect_cap=reconnect_cap)
-        self._conninfo = conninfo
+        self._conninfo = with_keepalives(conninfo, deadline)
+        self._deadline = deadline
         self._on_notify = on_notify
         self._on_connect = on_connect
         self._check_interval = check_interval
@@ -57,12 +60,16 @@ class Listener(Service):
 
     async def step(self) -> None:
         try:
-            conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
+            with anyio.fail_after(self._deadline):
+                conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
         except psycopg.OperationalError as exc:
             raise DatabaseUnavailable(first_line(exc)) from exc
+        except TimeoutError:
+            raise deadline_missed(self._deadline) from None
         try:
             async with conn:
-                await self._listen(conn)
+                with anyio.fail_after(self._deadline):
+                    await self._listen(conn)
                 self._listening = True
                 log.info(
                     "listener.reconnected" if self._ever_listened else "listener.listening",
@@ -77,6 +84,8 @@ class Listener(Service):
                 await self._serve(conn)
         except psycopg.OperationalError as exc:
             raise DatabaseUnavailable(first_line(exc)) from exc
+        except TimeoutError:
+            raise deadline_missed(self._deadline) from None
 
     async def _listen(self, conn: psycopg.AsyncConnection[Any]) -> None:
         await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(_CHANNEL)))
@@ -88,9 +97,11 @@ class Listener(Service):
                     self._on_notify()
                 else:
                     log.warning("listener.bad_payload", channel=notify.channel)
-            cur = await conn.execute(queries.IS_LISTENING, {"channel": _CHANNEL})
-            row = await cur.fetchone()
-            if not (row and row[0]):
-                log.warning("listener.relisten", channel=_CHANNEL)
-                await self._listen(conn)
-                self._on_connect()
+            # The check doubles as the link's heartbeat: a silent link misses the deadline.
+            with anyio.fail_after(self._deadline):
+                cur = await conn.execute(queries.IS_LISTENING, {"channel": _CHANNEL})
+                row = await cur.fetchone()
+                if not (row and row[0]):
+                    log.warning("listener.relisten", channel=_CHANNEL)
+                    await self._listen(conn)
+                    self._on_connect()

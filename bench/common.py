@@ -39,6 +39,7 @@ def quiet_daemon(url: str, **env: str) -> Iterator[subprocess.Popen[bytes]]:
             "DATABASE_URL": url,
             "SELFHEAL_LOG_FORMAT": "json",
             "NO_PROXY": "127.0.0.1",
+            "SELFHEAL_ALLOW_LOOPBACK": "true",  # the benchmark's endpoints are on loopback
             **env,
         },
         stdout=subprocess.DEVNULL,

@@ -1,7 +1,9 @@
 """A fast HTTP/1.1 endpoint for the recovery benchmarks, in its own process (uvloop).
 
-Answers 200 `{"ok":true}` with keep-alive (paths under /flaky/ answer 503 twice first),
-and counts per path the requests and the peak of requests in flight (`GET /stats`).
+Answers 200 `{"ok":true}` with keep-alive (paths under /flaky/ answer 503 twice first;
+paths under /outage/ answer 503 until `POST /control/up`), and counts per path the
+requests and the peak of requests in flight (`GET /stats`, with `while_down`: the requests
+/outage/ paths received while down).
 Usage: python -m bench.fast_endpoint PORT
 """
 
@@ -18,6 +20,7 @@ UNAVAILABLE = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n"
 in_flight: dict[str, int] = {}
 peak: dict[str, int] = {}
 count: dict[str, int] = {}
+outage = {"down": True, "while_down": 0}
 
 
 async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -32,8 +35,12 @@ async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
                     length = int(line.split(":", 1)[1])
             if length:
                 await reader.readexactly(length)
+            if path == "/control/up":
+                outage["down"] = False
+                writer.write(OK)
+                continue
             if path == "/stats":
-                body = json.dumps({"count": count, "peak": peak}).encode()
+                body = json.dumps({"count": count, "peak": peak, **outage}).encode()
                 writer.write(
                     b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
                     + f"Content-Length: {len(body)}\r\n\r\n".encode()
@@ -46,7 +53,9 @@ async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
             await asyncio.sleep(0)  # let concurrent requests overlap, as a real server would
             in_flight[path] -= 1
             flaky = path.startswith("/flaky/") and count[path] <= 2
-            writer.write(UNAVAILABLE if flaky else OK)
+            down = path.startswith("/outage/") and bool(outage["down"])
+            outage["while_down"] += down
+            writer.write(UNAVAILABLE if flaky or down else OK)
             await writer.drain()
     except (asyncio.IncompleteReadError, ConnectionError):
         pass

@@ -15,6 +15,9 @@ from tests.support.postgres import Databases, PostgresServer, find_server
 os.environ["NO_PROXY"] = ",".join(
     filter(None, [os.environ.get("NO_PROXY", ""), "127.0.0.1", "localhost"])
 )
+# The same stand-ins are where replays go, and the guard refuses loopback by default: allow
+# it for the daemons these tests start (in this process through Settings, or as processes).
+os.environ.setdefault("SELFHEAL_ALLOW_LOOPBACK", "true")
 
 
 @pytest.fixture(scope="session")

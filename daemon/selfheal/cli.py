@@ -257,6 +257,13 @@ def _print_status(status: dict[str, Any], out: TextIO) -> None:
     for target in status["disabled_targets"]:
         who = f" user {target['user_id']}" if target["user_id"] else ""
         out.write(f"disabled  {target['service_name']}{who}: {target['reason'] or '-'}\n")
+    for circuit in status["circuits"]:
+        who = f" user {circuit['user_id']}" if circuit["user_id"] else ""
+        out.write(
+            f"circuit   {circuit['service_name']}{who} open since {circuit['opened_at']}: "
+            f"{circuit['failures_waiting']} failures waiting, {circuit['failed_probes']} "
+            f"failed probes, next probe {circuit['next_probe_at'] or '-'}\n"
+        )
     for service in status["failing_services"]:
         out.write(
             f"failing   {service['service_name']}: {service['recovery_fail_count']} unhealed "

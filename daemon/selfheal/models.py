@@ -163,17 +163,37 @@ class Job:
     user_connection_failures: int
     threshold_count: int
     event_deleted: bool = False  # the integration_events row is gone (retention)
+    # Hosts the user's token may go to (None: none listed, so no token is sent).
+    allowed_hosts: tuple[str, ...] | None = None
+    # Circuits: open, how many probes failed, when the next is due, and whether this job
+    # is the probe.
+    circuit_next_probe_at: datetime | None = None
+    service_circuit_open: bool = False
+    service_failed_probes: int = 0
+    user_connection_circuit_open: bool = False
+    user_connection_failed_probes: int = 0
+    probe: bool = False
+    counted_before: bool = False  # an earlier visit counted it towards a threshold
 
     @classmethod
     def from_columns(cls, **columns: Any) -> Job:
         """A row read by name (``psycopg.rows.kwargs_row``); odd stored values coerced."""
         oauth = columns["oauth_config"]
+        hosts = columns.get("allowed_hosts")
         return cls(
             **{
                 **columns,
                 "category": category_of(columns["category"]),
                 "oauth_config": oauth if isinstance(oauth, Mapping) else None,
+                "allowed_hosts": None if hosts is None else tuple(str(h) for h in hosts),
             }
+        )
+
+    @property
+    def circuit_open(self) -> bool:
+        """An open circuit holds this job: its service's, or for auth its user connection's."""
+        return self.service_circuit_open or (
+            self.category is Category.AUTH and self.user_connection_circuit_open
         )
 
     @property
@@ -232,10 +252,22 @@ class Outcome:
     user_connection_failed: bool = False
     rate_limited_until: datetime | None = None
     backoff: float = 0.0  # the waits of the schedule, in seconds (not the time they took)
+    held: bool = False  # waits behind an open circuit until it closes
+    unhealed: bool = False  # healing ended without fixing it: counts towards thresholds
+    probe_failed: bool = False  # this was a circuit's probe, and the service still fails
+    opens_circuit: bool = False  # its replays found the service down: the circuit opens
+    opens_user_circuit: bool = False  # its auth recovery failed: the user connection's
 
     @property
     def resolved(self) -> bool:
         return self.status is Status.RESOLVED
+
+    @property
+    def counted(self) -> bool:
+        """Whether thresholds count it: a failure once, when its healing first ends
+        without fixing it, and every failed probe (the failures waiting behind a circuit
+        count through it, not one by one)."""
+        return self.probe_failed or (self.unhealed and not self.job.counted_before)
 
 
 class Recipe(enum.StrEnum):
@@ -255,15 +287,23 @@ class Plan:
     recipe: Recipe | None = None
 
 
+class CircuitChange(enum.StrEnum):
+    OPEN = "open"
+    PROBE_FAILED = "probe_failed"
+    CLOSE = "close"
+
+
 @dataclass(frozen=True, slots=True)
 class ServiceEffect:
     """What a batch of outcomes does to one integrations_master row."""
 
     service_id: uuid.UUID
     reset: bool = False  # a recovery succeeded: the counters start again
-    failed: int = 0  # unhealed failures after the last reset in the batch
+    failed: int = 0  # counted failures after the last reset in the batch
     disable_reason: str | None = None
     rate_limited_until: datetime | None = None
+    circuit: CircuitChange | None = None
+    next_probe_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,12 +315,33 @@ class UserConnectionEffect:
     failed: int = 0
     disable_reason: str | None = None
     errored: bool = False  # last_error_at moves
+    circuit: CircuitChange | None = None
+    next_probe_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TargetState:
+    """A service or user connection the database says is down (circuit open) or disabled."""
+
+    scope: str  # "service" | "user_connection"
+    id: uuid.UUID
+    name: str | None  # the service's name (None for a user connection)
+    open: bool
+    disabled: bool
 
 
 @dataclass(frozen=True, slots=True)
 class Effects:
     services: tuple[ServiceEffect, ...]
     user_connections: tuple[UserConnectionEffect, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """A batch of outcomes after the thresholds had their say, and what it does."""
+
+    outcomes: tuple[Outcome, ...]
+    effects: Effects
 
 
 _MAX_FIELD = 64 * 1024

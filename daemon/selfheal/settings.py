@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from selfheal.core.circuit import CircuitPolicy
 from selfheal.core.ratelimit import DEFAULT_MAX_WAIT
 from selfheal.core.thresholds import Thresholds
 
@@ -60,6 +61,8 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(default=8, ge=2)
     service_concurrency: int = Field(default=8, ge=1)
     http_timeout_seconds: float = Field(default=10.0, gt=0)
+    # Replays to 127.0.0.0/8 and ::1: for tests and demos, whose stand-ins are local.
+    allow_loopback: bool = False
     http_network_backend: Literal["asyncio", "httpcore"] = "asyncio"
     max_retry_wait_seconds: float = Field(default=DEFAULT_MAX_WAIT, gt=0)
     # The specification's disable thresholds.
@@ -68,6 +71,10 @@ class Settings(BaseSettings):
     network_window_minutes: float = Field(default=60.0, gt=0)
     disable_data_after: int = Field(default=5, ge=1)  # consecutive, per service
     disable_unknown_after: int = Field(default=5, ge=1)  # consecutive, per service
+    # Circuits: replays that find a service down, in a row, before it is probed instead.
+    circuit_open_after: int = Field(default=5, ge=1)
+    circuit_probe_base_seconds: float = Field(default=1.0, gt=0)
+    circuit_probe_max_seconds: float = Field(default=10.0, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
 
@@ -79,6 +86,13 @@ class Settings(BaseSettings):
             network_failures=self.disable_network_after,
             data_consecutive=self.disable_data_after,
             unknown_consecutive=self.disable_unknown_after,
+        )
+
+    def circuit_policy(self) -> CircuitPolicy:
+        return CircuitPolicy(
+            open_after=self.circuit_open_after,
+            probe_base=min(self.circuit_probe_base_seconds, self.circuit_probe_max_seconds),
+            probe_cap=self.circuit_probe_max_seconds,
         )
 
     @property

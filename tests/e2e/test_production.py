@@ -141,9 +141,9 @@ def test_concurrent_token_refreshes_through_pgbouncer_refresh_once_per_connectio
             "scopes": ["chat:write"],
         }
         row = conn.execute(
-            "INSERT INTO integrations_master (service_name, oauth_config) VALUES ('slack', %s) "
-            "RETURNING id",
-            (Jsonb(oauth_config),),
+            "INSERT INTO integrations_master (service_name, oauth_config, allowed_hosts) "
+            "VALUES ('slack', %s, %s) RETURNING id",
+            (Jsonb(oauth_config), [api.url.removeprefix("http://")]),
         ).fetchone()
         assert row is not None
         user_ids = {user: uuid.uuid4() for user in users}

@@ -197,3 +197,41 @@ def test_without_database_url_or_the_embedded_extra_it_says_what_to_install() ->
         "selfheal: DATABASE_URL is not set and the embedded Postgres is not installed: "
         "set DATABASE_URL, or install it with pip install 'pg-selfheal[embedded]'"
     ]
+
+
+def test_status_shows_an_open_circuit_and_enable_closes_it(
+    env: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with psycopg.connect(env, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO integrations_master (service_name, circuit_opened_at, "
+            "circuit_failed_probes, circuit_next_probe_at) "
+            "VALUES ('stripe', now(), 2, now() + interval '5 seconds')"
+        )
+        for _ in range(3):
+            event_id = insert_failure(conn, service_name="stripe", http_status=503)
+            conn.execute(
+                "INSERT INTO system_integrity_events (event_id, service_name, failure_category, "
+                "status, held_by_circuit, next_retry_at, action_taken) "
+                "VALUES (%s, 'stripe', 'network', 'pending', true, now() + interval '1 hour', "
+                "'waiting for stripe to recover (circuit open)')",
+                (event_id,),
+            )
+        _, status = run(capsys, "status", "--json")
+        [circuit] = status["circuits"]
+        assert (circuit["service_name"], circuit["failures_waiting"], circuit["failed_probes"]) == (
+            "stripe",
+            3,
+            2,
+        )
+        _, text = run(capsys, "status")
+        assert "circuit   stripe open since" in text and "3 failures waiting" in text
+        code, enabled = run(capsys, "enable", "stripe")
+        assert (code, enabled["enabled"]) == (0, 1)
+        assert run(capsys, "status", "--json")[1]["circuits"] == []
+        # The failures that waited are due again, now.
+        row = conn.execute(
+            "SELECT count(*) FILTER (WHERE NOT held_by_circuit AND next_retry_at <= now()) "
+            "FROM system_integrity_events"
+        ).fetchone()
+        assert row == (3,)

@@ -57,7 +57,7 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 @pytest.fixture
 async def clients(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[HttpClients]:
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-    pool = HttpClients(timeout=0.5, per_service=2, trust_env=False)
+    pool = HttpClients(timeout=0.5, per_service=2, trust_env=False, allow_loopback=True)
     yield pool
     await pool.aclose()
 
@@ -76,7 +76,7 @@ async def test_replay_over_tls_to_a_trusted_server(
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     with StubServer(tls=server_tls) as api:
         api.route("POST", "/hook", Response(200, {"ok": True}))
-        trusting = HttpClients(timeout=5, per_service=2, trust_env=True)
+        trusting = HttpClients(timeout=5, per_service=2, trust_env=True, allow_loopback=True)
         try:
             result = await replay(trusting, "svc", request(api.url + "/hook"))
         finally:

@@ -90,11 +90,19 @@ class Harness:
         assert row is not None
         return row
 
-    def register(self, service: str = "slack", oauth: dict[str, Any] | None = None) -> uuid.UUID:
+    def register(
+        self,
+        service: str = "slack",
+        oauth: dict[str, Any] | None = None,
+        allowed_hosts: list[str] | None = None,
+    ) -> uuid.UUID:
+        """A service whose users' tokens may go to the API stand-in (unless told otherwise)."""
+        if allowed_hosts is None:
+            allowed_hosts = [self.api.url.removeprefix("http://")]
         row = self.conn.execute(
-            "INSERT INTO integrations_master (service_name, oauth_config) VALUES (%s, %s) "
-            "RETURNING id",
-            (service, Jsonb(oauth) if oauth else None),
+            "INSERT INTO integrations_master (service_name, oauth_config, allowed_hosts) "
+            "VALUES (%s, %s, %s) RETURNING id",
+            (service, Jsonb(oauth) if oauth else None, allowed_hosts),
         ).fetchone()
         assert row is not None
         return uuid.UUID(str(row[0]))
@@ -129,12 +137,16 @@ def api() -> Iterator[StubServer]:
 
 
 @pytest.fixture
-async def harness(db_url: str, api: StubServer) -> AsyncIterator[Harness]:
+async def harness(
+    db_url: str, api: StubServer, request: pytest.FixtureRequest
+) -> AsyncIterator[Harness]:
+    overrides = request.node.get_closest_marker("settings")
     settings = Settings(
         database_url=None,
         log_format="json",
         service_concurrency=SERVICE_CAP,
         http_timeout_seconds=1.0,
+        **(overrides.kwargs if overrides else {}),
     )
     logs = io.StringIO()
     configure_logging(settings, logs)
@@ -202,6 +214,8 @@ async def test_network_failure_heals_on_the_third_attempt(harness: Harness) -> N
     assert harness.conn.execute("SELECT count(*) FROM integration_events").fetchone() == (1,)
 
 
+# One failure alone: its circuit would open on the 5th failed replay, in the second visit.
+@pytest.mark.settings(circuit_open_after=100)
 async def test_network_failure_that_persists_is_deferred_with_a_growing_delay(
     harness: Harness,
 ) -> None:
@@ -308,19 +322,24 @@ async def test_a_disabled_service_gets_no_request_until_enabled(harness: Harness
     assert row == (True, 0, True)
 
 
-async def test_a_burst_for_a_dead_service_cannot_fan_out(harness: Harness) -> None:
+async def test_a_burst_for_a_dead_service_opens_its_circuit_instead_of_fanning_out(
+    harness: Harness,
+) -> None:
     harness.api.route("POST", "/api/chat.postMessage", Response(503))
     ids = [harness.failure(http_status=503) for _ in range(20)]
     await harness.heal()
-    statuses = [harness.record(i)["status"] for i in ids]
-    # The 9th failure within the hour disables the service; none after it is replayed.
-    assert statuses == ["pending"] * 8 + ["disabled"] * 12
-    assert len(harness.api.requests()) == 8 * 3
+    records = [harness.record(i) for i in ids]
+    # Five failed replays open the circuit; the replays already in flight (at most the
+    # service's cap) finish, and no recovery sends another. Nobody is disabled for it.
+    assert len(harness.api.requests()) <= 5 + SERVICE_CAP
+    assert {(r["status"], r["held_by_circuit"]) for r in records} == {("pending", True)}
+    assert all("circuit" in r["action_taken"] for r in records)
     row = harness.conn.execute(
-        "SELECT auto_recovery_enabled, disabled_reason, recovery_fail_count "
+        "SELECT auto_recovery_enabled, circuit_opened_at IS NOT NULL, circuit_next_probe_at "
         "FROM integrations_master"
     ).fetchone()
-    assert row == (False, "9 network failures in 60 minutes", 8)
+    assert row is not None and row[:2] == (True, True) and row[2] is not None
+    assert '"event":"circuit.opened"' in harness.logs.getvalue()
 
 
 async def test_per_service_concurrency_is_capped(harness: Harness) -> None:
@@ -508,15 +527,18 @@ async def test_invalid_grant_means_reauthorization_and_no_more_refreshes(
     assert harness.api.requests("/api/chat.postMessage") == []
     assert oauth.request_count == 1
 
-    for _ in range(2):
-        harness.failure(user_id=user_id, http_status=401)
-        await harness.heal()
+    # The failure opened this user connection's circuit: its next failures wait for a
+    # probe (no refresh, no replay); they count through the probes, not one by one.
+    later = [harness.failure(user_id=user_id, http_status=401) for _ in range(2)]
+    await harness.heal()
     assert oauth.request_count == 1  # the same dead refresh token is not tried again
+    assert harness.api.requests("/api/chat.postMessage") == []
+    assert {harness.record(i)["held_by_circuit"] for i in [first, *later]} == {True}
     row = harness.conn.execute(
         "SELECT auto_recovery_enabled, consecutive_failures, reauth_required_at IS NOT NULL, "
-        "last_error_at IS NOT NULL FROM user_integrations"
+        "last_error_at IS NOT NULL, circuit_opened_at IS NOT NULL FROM user_integrations"
     ).fetchone()
-    assert row == (False, 3, True, True)  # the third consecutive failure disabled it
+    assert row == (True, 1, True, True, True)
     # Other users of the service are unaffected.
     master = harness.conn.execute("SELECT auto_recovery_enabled FROM integrations_master")
     assert master.fetchone() == (True,)
@@ -554,3 +576,122 @@ async def test_auth_without_connection_or_config_is_pending(harness: Harness) ->
         "no user connection to refresh",
     )
     assert harness.api.requests() == []
+
+
+# --- circuits, thresholds on unhealed failures, tokens only where they belong ---------------
+
+
+async def test_user_a_revoked_token_never_holds_back_user_b(
+    harness: Harness, oauth: OAuthTokenEndpoint
+) -> None:
+    service_id = harness.register(oauth=_oauth_config(harness.api))
+    user_a = harness.connect_user(service_id, refresh_token="rt-revoked")
+    user_b = harness.connect_user(service_id)  # rt-1, the one the token endpoint honours
+    a_first = harness.failure(user_id=user_a, http_status=401)
+    b_first = harness.failure(user_id=user_b, http_status=401)
+    await harness.heal()
+    assert harness.record(a_first)["held_by_circuit"] is True  # A's circuit opened
+    assert harness.record(b_first)["status"] == "resolved"
+    a_second = harness.failure(user_id=user_a, http_status=401)
+    b_second = harness.failure(user_id=user_b, http_status=401)
+    refreshes = oauth.request_count
+    await harness.heal()
+    assert harness.record(a_second)["held_by_circuit"] is True
+    assert "waiting for this user connection" in harness.record(a_second)["action_taken"]
+    assert harness.record(b_second)["status"] == "resolved"
+    assert oauth.request_count == refreshes + 1  # B's own refresh; A waits for a probe
+    circuits = harness.conn.execute(
+        "SELECT user_id, circuit_opened_at IS NOT NULL FROM user_integrations ORDER BY user_id"
+    ).fetchall()
+    assert dict(circuits) == {user_a: True, user_b: False}
+
+
+async def test_a_success_row_resets_consecutive_failures(harness: Harness) -> None:
+    harness.register()
+    for _ in range(4):
+        harness.failure(http_status=422, error_code="validation_error")
+    await harness.heal()
+    # The integration's own next call succeeded: the run of data failures is broken.
+    harness.conn.execute(
+        "INSERT INTO integration_events (service_name, event_type, status) "
+        "VALUES ('slack', 'message.send', 'success')"
+    )
+    fifth = harness.failure(http_status=422, error_code="validation_error")
+    await harness.heal()
+    assert harness.record(fifth)["status"] == "pending"
+    row = harness.conn.execute(
+        "SELECT auto_recovery_enabled, recovery_fail_count FROM integrations_master"
+    ).fetchone()
+    assert row == (True, 1)
+
+
+async def test_without_a_success_the_fifth_data_failure_disables(harness: Harness) -> None:
+    harness.register()
+    ids = [harness.failure(http_status=422, error_code="validation_error") for _ in range(5)]
+    await harness.heal()
+    assert [harness.record(i)["status"] for i in ids] == ["pending"] * 4 + ["disabled"]
+    row = harness.conn.execute(
+        "SELECT auto_recovery_enabled, disabled_reason FROM integrations_master"
+    ).fetchone()
+    assert row == (False, "5 consecutive data failures")
+
+
+async def test_a_token_never_reaches_a_host_outside_the_list(harness: Harness) -> None:
+    service_id = harness.register()  # allowed_hosts: the API stand-in only
+    user_id = harness.connect_user(service_id, access_token="at-secret-token")
+    with StubServer() as elsewhere:
+        elsewhere.route("POST", "/collect", Response(200, {"ok": True}))
+        event_id = harness.failure(
+            endpoint=elsewhere.url + "/collect", user_id=user_id, http_status=503
+        )
+        await harness.heal()
+        assert elsewhere.requests() == []  # no request at all, so no Authorization either
+        host = elsewhere.url.removeprefix("http://")
+    record = harness.record(event_id)
+    assert record["status"] == "pending"
+    assert f"{host} is not one of them" in record["action_taken"]
+    assert f"array_append(allowed_hosts, '{host}')" in record["action_taken"]
+    assert "at-secret-token" not in str(record)
+
+
+async def test_a_disable_by_another_daemon_stops_a_recovery_before_its_next_attempt(
+    harness: Harness,
+) -> None:
+    harness.api.route("POST", "/api/chat.postMessage", Response(503))
+    harness.register()
+    event_id = harness.failure(http_status=None, error_code="ECONNRESET")
+    original_sleep = harness.healer._executor._sleep  # the harness's virtual sleep
+
+    async def sleep_while_another_daemon_disables(seconds: float) -> None:
+        await original_sleep(seconds)
+        if len(harness.api.requests()) == 1:  # after the first replay, before the second
+            harness.conn.execute("UPDATE integrations_master SET auto_recovery_enabled = false")
+            await harness.healer.refresh_targets()
+
+    harness.healer._executor._sleep = sleep_while_another_daemon_disables
+    [outcome] = await harness.heal()
+    assert len(harness.api.requests()) == 1
+    assert outcome.status.value == "disabled"
+    assert harness.record(event_id)["action_taken"] == (
+        "recovery disabled for slack while it ran; no further request"
+    )
+
+
+async def test_a_row_pointing_at_the_metadata_address_sends_nothing_and_opens_no_circuit(
+    harness: Harness,
+) -> None:
+    harness.register()
+    ids = [
+        harness.failure(endpoint="http://169.254.169.254/latest/meta-data/", http_status=503)
+        for _ in range(6)
+    ]
+    await harness.heal()
+    for event_id in ids:
+        record = harness.record(event_id)
+        assert record["status"] == "pending" and record["attempts"] == 0
+        assert record["action_taken"].startswith("not sent: ")
+        assert "metadata" in record["action_taken"]
+    row = harness.conn.execute(
+        "SELECT circuit_opened_at, recovery_fail_count FROM integrations_master"
+    ).fetchone()
+    assert row == (None, 0)

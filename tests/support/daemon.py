@@ -21,6 +21,7 @@ class DaemonProcess:
             "SELFHEAL_LOG_FORMAT": "json",
             "SELFHEAL_LOG_LEVEL": "info",
             "NO_PROXY": "127.0.0.1,localhost",  # the stand-in servers are on loopback
+            "SELFHEAL_ALLOW_LOOPBACK": "true",  # and replays may go there
             **env,
         }
         full_env.pop("SELFHEAL_TEST_DATABASE_URL", None)

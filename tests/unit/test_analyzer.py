@@ -517,3 +517,15 @@ def test_a_malformed_rules_table_is_rejected_naming_its_file_and_key(
         parse(rules.parse_toml(text, source), source)
 
     assert str(raised.value).startswith(message), str(raised.value)
+
+
+@pytest.mark.parametrize("status", [418, 299, 599, 222, 470])
+def test_a_status_with_no_documented_meaning_is_unknown_and_unsure(status: int) -> None:
+    analysis = analyze(Failure.coerce("acme", status))
+    assert analysis.category is Category.UNKNOWN
+    assert analysis.confidence <= 0.5
+
+
+@pytest.mark.parametrize("status", [400, 402, 404, 405, 409, 410, 413, 415, 422])
+def test_documented_client_errors_stay_data(status: int) -> None:
+    assert analyze(Failure.coerce("acme", status)).category is Category.DATA

@@ -10,9 +10,19 @@ from typing import Any
 import pytest
 
 from selfheal.core import plan as planning
-from selfheal.core.effects import fold_effects
+from selfheal.core.circuit import CircuitPolicy
+from selfheal.core.effects import fold_effects, settle
 from selfheal.core.thresholds import Thresholds, crosses_threshold, threshold_reason
-from selfheal.models import Category, Job, Outcome, Recipe, ServiceEffect, Status
+from selfheal.models import (
+    Category,
+    CircuitChange,
+    Effects,
+    Job,
+    Outcome,
+    Recipe,
+    ServiceEffect,
+    Status,
+)
 
 NOW = datetime(2026, 12, 3, 10, 0, tzinfo=UTC)
 SERVICE = uuid.UUID(int=1)
@@ -42,6 +52,7 @@ def job(category: Category = Category.NETWORK, **fields: Any) -> Job:
         "refresh_token": None,
         "user_connection_failures": 0,
         "threshold_count": 1,
+        "allowed_hosts": ("api.stripe.com",),
     }
     values.update(fields)
     return Job(**values)
@@ -60,75 +71,104 @@ def job(category: Category = Category.NETWORK, **fields: Any) -> Job:
     ],
 )
 def test_each_replayable_category_gets_its_recipe(category: Category, recipe: Recipe) -> None:
-    planned = planning.plan(job(category), Thresholds(), None)
+    planned = planning.plan(job(category), None)
     assert (planned.recipe, planned.outcome) == (recipe, None)
 
 
-def test_data_failures_are_never_replayed() -> None:
-    planned = planning.plan(job(Category.DATA), Thresholds(), None)
+def test_data_failures_are_never_replayed_and_count_on_arrival() -> None:
+    planned = planning.plan(job(Category.DATA), None)
     assert planned.recipe is None
     assert planned.outcome is not None
     assert planned.outcome.status is Status.PENDING
+    assert planned.outcome.counted
     assert planned.outcome.action == "no automatic retry; admin review of the payload"
 
 
 def test_a_disabled_service_gets_no_request() -> None:
-    planned = planning.plan(job(service_enabled=False), Thresholds(), None)
+    planned = planning.plan(job(service_enabled=False), None)
     assert planned.recipe is None and planned.outcome is not None
     assert planned.outcome.status is Status.DISABLED
     assert planned.outcome.action == "recovery disabled for stripe"
 
 
 def test_a_disabled_user_connection_stops_only_auth_recoveries() -> None:
-    auth = planning.plan(job(Category.AUTH, user_connection_enabled=False), Thresholds(), None)
+    auth = planning.plan(job(Category.AUTH, user_connection_enabled=False), None)
     assert auth.outcome is not None and auth.outcome.status is Status.DISABLED
-    network = planning.plan(job(user_connection_enabled=False), Thresholds(), None)
+    network = planning.plan(job(user_connection_enabled=False), None)
     assert network.recipe is Recipe.BACKOFF
 
 
+def test_an_open_circuit_holds_a_job_without_a_request() -> None:
+    planned = planning.plan(job(service_circuit_open=True, circuit_next_probe_at=NOW), None)
+    assert planned.outcome is not None
+    assert (planned.outcome.held, planned.outcome.next_retry_at) == (True, NOW)
+    assert planned.outcome.action.startswith("waiting for stripe to recover")
+    assert planned.outcome.counted is False  # the circuit counts, through its probes
+
+
+def test_the_probe_of_an_open_circuit_goes_out() -> None:
+    planned = planning.plan(job(service_circuit_open=True, probe=True), None)
+    assert planned.recipe is Recipe.BACKOFF
+
+
+def test_a_user_connection_circuit_holds_only_that_connections_auth_failures() -> None:
+    user_a = {"user_connection_id": USER_CONNECTION, "user_connection_circuit_open": True}
+    assert planning.plan(job(Category.AUTH, **user_a), None).outcome is not None
+    assert planning.plan(job(Category.NETWORK, **user_a), None).recipe is Recipe.BACKOFF
+    assert planning.plan(job(Category.AUTH), None).recipe is Recipe.REFRESH_AND_REPLAY
+
+
+TOKEN = {"access_token": "at-1", "user_connection_id": USER_CONNECTION}
+
+
 @pytest.mark.parametrize(
-    ("category", "count", "reason"),
+    ("endpoint", "allowed", "sent"),
     [
-        (Category.NETWORK, 9, "9 network failures in 60 minutes"),
-        (Category.DATA, 5, "5 consecutive data failures"),
-        (Category.UNKNOWN, 7, "5 consecutive unknown failures"),  # the threshold, not the count
+        ("https://api.stripe.com/v1/charges", ("api.stripe.com",), True),
+        ("https://API.Stripe.com:8443/v1", ("api.stripe.com",), True),  # a name allows any port
+        ("https://api.stripe.com:8443/v1", ("api.stripe.com:443",), False),
+        ("https://api.stripe.com/v1", ("api.stripe.com:443",), True),  # the default port
+        ("http://127.0.0.1:9000/x", ("127.0.0.1:9000",), True),
+        ("http://127.0.0.1:9001/x", ("127.0.0.1:9000",), False),
+        ("https://evil.example/steal", ("api.stripe.com",), False),
+        ("https://api.stripe.com.evil.example/", ("api.stripe.com",), False),
+        ("https://api.stripe.com/v1", None, False),  # no list: no token goes anywhere
+        ("http://[::1]:9000/x", ("[::1]:9000",), True),
     ],
 )
-def test_a_first_visit_over_the_threshold_disables_the_service(
-    category: Category, count: int, reason: str
+def test_a_token_goes_only_to_an_allowed_host(
+    endpoint: str, allowed: tuple[str, ...] | None, sent: bool
 ) -> None:
-    planned = planning.plan(job(category, threshold_count=count), Thresholds(), None)
-    assert planned.outcome is not None
-    assert planned.outcome.status is Status.DISABLED
-    assert planned.outcome.disable_service == reason
-    assert planned.outcome.action == f"service disabled: {reason}"
+    planned = planning.plan(job(endpoint=endpoint, allowed_hosts=allowed, **TOKEN), None)
+    assert (planned.recipe is not None) is sent
+    if not sent:
+        assert planned.outcome is not None
+        assert "allowed_hosts" in planned.outcome.action
+        assert "UPDATE integrations_master SET allowed_hosts" in planned.outcome.action
 
 
-def test_the_threshold_is_decided_on_the_first_visit_only() -> None:
-    later_visit = job(threshold_count=50, deferrals=1)
-    assert planning.plan(later_visit, Thresholds(), None).recipe is Recipe.BACKOFF
+def test_a_replay_without_a_token_needs_no_list() -> None:
+    planned = planning.plan(job(endpoint="https://hooks.example/x", allowed_hosts=None), None)
+    assert planned.recipe is Recipe.BACKOFF
 
 
-def test_settings_thresholds_steer_the_decision() -> None:
-    strict = Thresholds(network_failures=2)
-    planned = planning.plan(job(threshold_count=2), strict, None)
-    assert planned.outcome is not None
-    assert planned.outcome.disable_service == "2 network failures in 60 minutes"
-
-
-def test_rate_limits_never_disable() -> None:
-    planned = planning.plan(job(Category.RATE_LIMIT, threshold_count=10_000), Thresholds(), None)
-    assert planned.recipe is Recipe.AFTER_RATE_LIMIT
+def test_an_auth_replay_of_a_user_connection_always_carries_a_token() -> None:
+    refreshed = job(
+        Category.AUTH, endpoint="https://evil.example/", user_connection_id=USER_CONNECTION
+    )
+    planned = planning.plan(refreshed, None)
+    assert planned.outcome is not None and "not sent" in planned.outcome.action
 
 
 def test_an_event_that_cannot_be_replayed_waits_for_an_operator() -> None:
-    planned = planning.plan(job(endpoint=None), Thresholds(), "the event has no endpoint")
+    planned = planning.plan(job(endpoint=None), "the event has no endpoint")
     assert planned.outcome is not None
     assert planned.outcome.action == "cannot replay: the event has no endpoint"
+    assert planned.outcome.counted  # healing cannot fix it
 
 
 def test_a_deleted_event_is_closed_without_a_request() -> None:
-    planned = planning.plan(job(event_deleted=True), Thresholds(), None)
+    planned = planning.plan(job(event_deleted=True), None)
     assert planned.outcome is not None
     assert planned.outcome.action == "the event was deleted; nothing to replay"
 
@@ -213,29 +253,46 @@ def at(minutes: int, **fields: Any) -> Job:
     return job(failed_at=NOW + timedelta(minutes=minutes), **fields)
 
 
+POLICY = CircuitPolicy()
+
+
+def fold(outcomes: list[Outcome]) -> Effects:
+    return fold_effects(outcomes, POLICY, now=NOW, rand=1.0)
+
+
+def settled(outcomes: list[Outcome], thresholds: Thresholds | None = None) -> list[Outcome]:
+    return list(settle(outcomes, thresholds or Thresholds(), POLICY, now=NOW, rand=1.0).outcomes)
+
+
+def unhealed(job: Job) -> Outcome:
+    return Outcome(job, Status.PENDING, "3 replays failed", unhealed=True)
+
+
 def test_unhealed_failures_count_against_their_service() -> None:
-    effects = fold_effects(
-        [Outcome(at(1), Status.PENDING, "x"), Outcome(at(2), Status.PENDING, "y")]
+    effects = fold(
+        [unhealed(at(1)), unhealed(at(2)), Outcome(at(3), Status.PENDING, "held", held=True)]
     )
     assert effects.services == (ServiceEffect(SERVICE, failed=2),)
     assert effects.user_connections == ()
 
 
-def test_a_success_resets_the_count_of_what_came_before_it() -> None:
-    effects = fold_effects(
+def test_a_success_resets_the_count_and_closes_the_circuit() -> None:
+    effects = fold(
         [
-            Outcome(at(3), Status.PENDING, "after"),
-            Outcome(at(1), Status.PENDING, "before"),
+            unhealed(at(3)),
+            unhealed(at(1)),
             Outcome(at(2), Status.RESOLVED, "healed"),
         ]
     )
-    assert effects.services == (ServiceEffect(SERVICE, reset=True, failed=1),)
+    assert effects.services == (
+        ServiceEffect(SERVICE, reset=True, failed=1, circuit=CircuitChange.CLOSE),
+    )
 
 
 def test_auth_and_disabled_outcomes_do_not_count_against_the_service() -> None:
-    effects = fold_effects(
+    effects = fold(
         [
-            Outcome(at(1, category=Category.AUTH), Status.PENDING, "auth"),
+            Outcome(at(1, category=Category.AUTH), Status.PENDING, "auth", unhealed=True),
             Outcome(at(2), Status.DISABLED, "no request"),
         ]
     )
@@ -244,7 +301,7 @@ def test_auth_and_disabled_outcomes_do_not_count_against_the_service() -> None:
 
 def test_the_first_disable_reason_wins_and_the_longest_window_holds() -> None:
     soon, late = NOW + timedelta(seconds=30), NOW + timedelta(seconds=90)
-    effects = fold_effects(
+    effects = fold(
         [
             Outcome(at(1), Status.DISABLED, "a", disable_service="first"),
             Outcome(at(2), Status.DISABLED, "b", disable_service="second"),
@@ -258,7 +315,7 @@ def test_the_first_disable_reason_wins_and_the_longest_window_holds() -> None:
 
 def test_user_connection_effects_follow_its_auth_outcomes() -> None:
     user = {"user_connection_id": USER_CONNECTION, "category": Category.AUTH}
-    effects = fold_effects(
+    effects = fold(
         [
             Outcome(at(1, **user), Status.PENDING, "a", user_connection_failed=True),
             Outcome(at(2, **user), Status.RESOLVED, "healed"),
@@ -278,7 +335,92 @@ def test_user_connection_effects_follow_its_auth_outcomes() -> None:
 
 
 def test_a_service_without_an_id_has_no_effect() -> None:
-    assert fold_effects([Outcome(at(1, service_id=None), Status.PENDING, "x")]).services == ()
+    assert fold([Outcome(at(1, service_id=None), Status.PENDING, "x")]).services == ()
+
+
+# --- circuits in the effects ----------------------------------------------------------------
+
+
+def test_a_recovery_that_found_the_service_down_opens_its_circuit() -> None:
+    probe_at = NOW + timedelta(seconds=1)
+    [effect] = fold([planning.circuit_opened(at(1), 5, None, probe_at)]).services
+    assert (effect.circuit, effect.next_probe_at) == (CircuitChange.OPEN, probe_at)
+
+
+def test_a_failed_probe_pushes_the_next_one_further_off() -> None:
+    probe = at(1, service_circuit_open=True, probe=True, service_failed_probes=2)
+    outcome = Outcome(probe, Status.PENDING, "probe failed", held=True, probe_failed=True)
+    [effect] = fold([outcome]).services
+    assert effect.circuit is CircuitChange.PROBE_FAILED
+    assert effect.next_probe_at == NOW + timedelta(seconds=8)  # 1 s * 2**(2 + 1), rand 1.0
+
+
+def test_an_auth_failure_opens_only_its_user_connections_circuit() -> None:
+    failed = planning.auth_failed(
+        job(Category.AUTH, user_connection_id=USER_CONNECTION),
+        "still unauthorized",
+        3,
+        None,
+        Thresholds(),
+    )
+    effects = fold([failed])
+    assert effects.services == (ServiceEffect(SERVICE),)
+    [user] = effects.user_connections
+    assert user.circuit is CircuitChange.OPEN
+    assert failed.held
+
+
+# --- thresholds count what healing could not fix ------------------------------------------
+
+
+def test_the_failure_that_reaches_the_threshold_disables_the_service() -> None:
+    outcomes = settled([unhealed(at(n, threshold_count=6)) for n in range(4)])
+    assert [o.status for o in outcomes] == [Status.PENDING, Status.PENDING] + [Status.DISABLED] * 2
+    assert outcomes[2].disable_service == "9 network failures in 60 minutes"
+    assert (
+        outcomes[2].action == "3 replays failed; service disabled: 9 network failures in 60 minutes"
+    )
+
+
+def test_failures_waiting_behind_a_circuit_count_only_through_its_probes() -> None:
+    waiting = [
+        Outcome(at(n, threshold_count=8), Status.PENDING, "held", held=True) for n in range(50)
+    ]
+    assert {o.status for o in settled(waiting)} == {Status.PENDING}
+    probe = at(60, threshold_count=8, service_circuit_open=True, probe=True)
+    [failed] = settled([planning.probe_failed(probe, 1, None, NOW)])
+    assert failed.status is Status.DISABLED
+
+
+def test_a_failure_counts_once_however_often_it_is_retried() -> None:
+    again = unhealed(at(1, threshold_count=8, counted_before=True))
+    assert not again.counted
+    assert settled([again])[0].status is Status.PENDING
+
+
+def test_healed_failures_never_count() -> None:
+    healed = [Outcome(at(n, threshold_count=8), Status.RESOLVED, "replayed") for n in range(20)]
+    assert {o.status for o in settled(healed)} == {Status.RESOLVED}
+
+
+def test_rate_limits_never_disable() -> None:
+    window = planning.later(
+        at(1, category=RATE, threshold_count=10_000),
+        RATE,
+        "3 replays still rate limited",
+        3,
+        None,
+        now=NOW,
+        rand=0.5,
+        max_wait=3600,
+        unhealed=False,
+    )
+    assert settled([window])[0].status is Status.PENDING
+
+
+def test_settings_thresholds_steer_the_decision() -> None:
+    [outcome] = settled([unhealed(at(1, threshold_count=1))], Thresholds(network_failures=2))
+    assert outcome.disable_service == "2 network failures in 60 minutes"
 
 
 def test_frozen_values_stay_frozen() -> None:

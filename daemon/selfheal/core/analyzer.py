@@ -266,14 +266,9 @@ _STATUS_RULES: Final[dict[int, tuple[Category, float, str]]] = {
 
 
 def _status_rule(status: int) -> tuple[Category, float, str] | None:
-    rule = _STATUS_RULES.get(status)
-    if rule is not None:
-        return rule
-    if 400 <= status < 500:
-        return (_DATA, 1.0, _VALIDATION)
-    if status >= 500:
-        return (_NET, 1.5, _SERVER)
-    return None
+    """What a status says on its own. One with no documented meaning (418, 299, 599) says
+    nothing: a guess there would pick a recovery (data: never retried) on no evidence."""
+    return _STATUS_RULES.get(status)
 
 
 # --- headers ----------------------------------------------------------------------------------

@@ -1,30 +1,77 @@
-"""What a batch of outcomes does to its services and user connections. Pure."""
+"""What a batch of outcomes does: the thresholds' verdict on each (a failure that healing
+could not fix counts; the one that crosses a threshold disables), and the effects on its
+services and user connections (counters, disables, rate-limit windows, circuits). Pure."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import TypeVar
 
+from selfheal.core.circuit import CircuitPolicy, probe_delay
+from selfheal.core.thresholds import Thresholds, crosses_threshold, threshold_reason
 from selfheal.models import (
     Category,
+    CircuitChange,
     Effects,
     Outcome,
     ServiceEffect,
+    Settled,
     Status,
     UserConnectionEffect,
 )
 
-__all__ = ["fold_effects"]
+__all__ = ["fold_effects", "settle"]
 
 
-def fold_effects(outcomes: Iterable[Outcome]) -> Effects:
+def settle(
+    outcomes: Iterable[Outcome],
+    thresholds: Thresholds,
+    policy: CircuitPolicy,
+    *,
+    now: datetime,
+    rand: float,
+) -> Settled:
+    """The thresholds' verdict, in the order the failures arrived: each counted failure
+    (see Outcome.counted) adds one to its service's count for its category, and the one
+    that reaches the threshold disables the service. Auth counts per user connection
+    (core/plan.py's auth_failed). Then the effects of what is left."""
+    running: dict[tuple[uuid.UUID, Category], int] = {}
+    settled: list[Outcome] = []
+    for o in sorted(outcomes, key=lambda o: o.job.failed_at):
+        job = o.job
+        if o.counted and job.service_id is not None and job.category is not Category.AUTH:
+            key = (job.service_id, job.category)
+            count = max(running.get(key, 0), job.threshold_count) + 1
+            running[key] = count
+            if o.status is not Status.DISABLED and crosses_threshold(
+                job.category, count, thresholds
+            ):
+                reason = threshold_reason(job.category, thresholds)
+                o = replace(
+                    o,
+                    status=Status.DISABLED,
+                    action=f"{o.action}; service disabled: {reason}",
+                    disable_service=reason,
+                    next_retry_at=None,
+                    held=False,
+                )
+        settled.append(o)
+    return Settled(tuple(settled), fold_effects(settled, policy, now=now, rand=rand))
+
+
+def fold_effects(
+    outcomes: Iterable[Outcome], policy: CircuitPolicy, *, now: datetime, rand: float
+) -> Effects:
     """Fold outcomes in the order their failures arrived, so that the failure that crossed a
-    threshold names the reason: a success resets a counter, an unhealed failure adds one.
+    threshold names the reason: a success resets a counter and closes the circuit, a
+    counted failure adds one, a recovery that found the service down opens its circuit,
+    a failed probe moves the next one further off.
 
     Service counters take every category but auth (an auth failure lives in one user's
-    connection) and skip outcomes that are themselves `disabled` (they made no request).
+    connection); user connections take their auth outcomes.
     """
     services: dict[uuid.UUID, ServiceEffect] = {}
     users: dict[uuid.UUID, UserConnectionEffect] = {}
@@ -34,10 +81,10 @@ def fold_effects(outcomes: Iterable[Outcome]) -> Effects:
             effect = services.get(job.service_id) or ServiceEffect(job.service_id)
             if o.resolved:
                 effect = replace(effect, reset=True, failed=0)
-            elif job.category is not Category.AUTH and o.status is not Status.DISABLED:
+            elif job.category is not Category.AUTH and o.counted:
                 effect = replace(effect, failed=effect.failed + 1)
             services[job.service_id] = replace(
-                effect,
+                _circuit(effect, o, service=True, policy=policy, now=now, rand=rand),
                 disable_reason=effect.disable_reason or o.disable_service,
                 rate_limited_until=_later_of(effect.rate_limited_until, o.rate_limited_until),
             )
@@ -48,9 +95,43 @@ def fold_effects(outcomes: Iterable[Outcome]) -> Effects:
             else:
                 user = replace(user, failed=user.failed + o.user_connection_failed, errored=True)
             users[job.user_connection_id] = replace(
-                user, disable_reason=user.disable_reason or o.disable_user_connection
+                _circuit(user, o, service=False, policy=policy, now=now, rand=rand),
+                disable_reason=user.disable_reason or o.disable_user_connection,
             )
     return Effects(tuple(services.values()), tuple(users.values()))
+
+
+_Effect = TypeVar("_Effect", ServiceEffect, UserConnectionEffect)
+
+
+def _circuit(
+    effect: _Effect, o: Outcome, *, service: bool, policy: CircuitPolicy, now: datetime, rand: float
+) -> _Effect:
+    """The circuit change an outcome makes (a later outcome of the batch overrides an
+    earlier one); the next probe when the outcome's own next_retry_at does not say."""
+    job = o.job
+    if o.resolved:
+        return replace(effect, circuit=CircuitChange.CLOSE, next_probe_at=None)
+    if o.opens_circuit if service else o.opens_user_circuit:
+        return replace(
+            effect,
+            circuit=CircuitChange.OPEN,
+            next_probe_at=o.next_retry_at or _after(0, policy, now, rand),
+        )
+    # A probe probes the service's circuit when it is open, else the user connection's.
+    probed = job.service_circuit_open if service else not job.service_circuit_open
+    if o.probe_failed and probed:
+        failed = job.service_failed_probes if service else job.user_connection_failed_probes
+        return replace(
+            effect,
+            circuit=CircuitChange.PROBE_FAILED,
+            next_probe_at=o.next_retry_at or _after(failed + 1, policy, now, rand),
+        )
+    return effect
+
+
+def _after(failed_probes: int, policy: CircuitPolicy, now: datetime, rand: float) -> datetime:
+    return now + timedelta(seconds=probe_delay(failed_probes, rand, policy))
 
 
 def _later_of(a: datetime | None, b: datetime | None) -> datetime | None:

@@ -187,6 +187,25 @@ WHERE NOT u.auto_recovery_enabled
 ORDER BY 1, 2
 """
 
+# Circuits open now: what is down, since when, how many failures wait behind it.
+OPEN_CIRCUITS: LiteralString = """
+SELECT m.service_name, NULL::uuid AS user_id, m.circuit_opened_at AS opened_at,
+       m.circuit_failed_probes AS failed_probes, m.circuit_next_probe_at AS next_probe_at,
+       (SELECT count(*) FROM system_integrity_events s
+        WHERE s.service_name = m.service_name AND s.held_by_circuit
+          AND s.status = 'pending') AS failures_waiting
+FROM integrations_master m WHERE m.circuit_opened_at IS NOT NULL
+UNION ALL
+SELECT m.service_name, u.user_id, u.circuit_opened_at, u.circuit_failed_probes,
+       u.circuit_next_probe_at,
+       (SELECT count(*) FROM system_integrity_events s
+        WHERE s.service_name = m.service_name AND s.user_id = u.user_id
+          AND s.held_by_circuit AND s.status = 'pending')
+FROM user_integrations u JOIN integrations_master m ON m.id = u.integration_id
+WHERE u.circuit_opened_at IS NOT NULL
+ORDER BY 1, 2
+"""
+
 # Services whose recoveries keep failing: recovery_fail_count counts the unhealed failures
 # since the last success or `selfheal enable`.
 FAILING_SERVICES: LiteralString = """
@@ -197,21 +216,50 @@ ORDER BY recovery_fail_count DESC, service_name
 LIMIT 20
 """
 
+# `selfheal enable`: counters reset, circuit closed, and the service's failures that
+# were disabled or waiting behind its circuit are due again, as first visits.
 ENABLE_SERVICE: LiteralString = """
-UPDATE integrations_master
-SET auto_recovery_enabled = true, recovery_fail_count = 0, counters_reset_at = now(),
-    disabled_reason = NULL, disabled_at = NULL
-WHERE service_name = %(service_name)s
-RETURNING id
+WITH enabled AS (
+    UPDATE integrations_master
+    SET auto_recovery_enabled = true, recovery_fail_count = 0, counters_reset_at = now(),
+        disabled_reason = NULL, disabled_at = NULL, circuit_opened_at = NULL,
+        circuit_failed_probes = 0, circuit_next_probe_at = NULL, circuit_probe_owner = NULL,
+        circuit_probe_until = NULL
+    WHERE service_name = %(service_name)s
+    RETURNING id
+), forgotten AS (
+    DELETE FROM selfheal_unhealed x USING enabled e WHERE x.service_id = e.id
+), retried AS (
+    UPDATE system_integrity_events s
+    SET status = 'pending', held_by_circuit = false, next_retry_at = now(), counted = false,
+        deferrals = 0, updated_at = now()
+    FROM enabled
+    WHERE s.service_name = %(service_name)s
+      AND (s.status = 'disabled' OR (s.status = 'pending' AND s.held_by_circuit))
+)
+SELECT id FROM enabled
 """
 ENABLE_USER_CONNECTION: LiteralString = """
-UPDATE user_integrations u
-SET auto_recovery_enabled = true, consecutive_failures = 0,
-    disabled_reason = NULL, disabled_at = NULL
-FROM integrations_master m
-WHERE m.id = u.integration_id AND m.service_name = %(service_name)s
-  AND u.user_id = %(user_id)s
-RETURNING u.id
+WITH enabled AS (
+    UPDATE user_integrations u
+    SET auto_recovery_enabled = true, consecutive_failures = 0,
+        disabled_reason = NULL, disabled_at = NULL, circuit_opened_at = NULL,
+        circuit_failed_probes = 0, circuit_next_probe_at = NULL, circuit_probe_owner = NULL,
+        circuit_probe_until = NULL
+    FROM integrations_master m
+    WHERE m.id = u.integration_id AND m.service_name = %(service_name)s
+      AND u.user_id = %(user_id)s
+    RETURNING u.id
+), retried AS (
+    UPDATE system_integrity_events s
+    SET status = 'pending', held_by_circuit = false, next_retry_at = now(), counted = false,
+        deferrals = 0, updated_at = now()
+    FROM enabled
+    WHERE s.service_name = %(service_name)s AND s.user_id = %(user_id)s
+      AND s.failure_category = 'auth'
+      AND (s.status = 'disabled' OR (s.status = 'pending' AND s.held_by_circuit))
+)
+SELECT id FROM enabled
 """
 
 INJECT_FAILURE: LiteralString = """
@@ -237,11 +285,13 @@ WITH due AS (
     SELECT s.id
     FROM system_integrity_events s
     LEFT JOIN integrations_master m ON m.service_name = s.service_name
-    WHERE s.status = 'pending' AND s.next_retry_at <= now()
+    WHERE s.status = 'pending'
+      AND ((s.next_retry_at <= now() AND NOT s.held_by_circuit)
+           OR s.id = ANY (%(probe_ids)s::uuid[]))
       AND (s.lease_expires_at IS NULL OR s.lease_expires_at < now())
       AND (m.rate_limited_until IS NULL OR m.rate_limited_until <= now())
       AND (%(record_ids)s::uuid[] IS NULL OR s.id = ANY (%(record_ids)s::uuid[]))
-    ORDER BY s.next_retry_at
+    ORDER BY s.next_retry_at, s.created_at
     LIMIT %(limit)s
     FOR UPDATE OF s SKIP LOCKED
 ), claimed AS (
@@ -250,28 +300,32 @@ WITH due AS (
         lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
     FROM due WHERE s.id = due.id
     RETURNING s.id, s.event_id, s.service_name, s.failure_category, s.attempts, s.deferrals,
-              s.created_at
+              s.created_at, s.counted
 )
 SELECT c.id AS record_id, c.event_id, c.service_name, c.failure_category AS category,
        c.attempts, c.deferrals, e.endpoint, e.http_method,
        e.payload::text AS payload, e.response_headers::text AS response_headers,
        COALESCE(e.created_at, c.created_at) AS failed_at,
        m.id AS service_id, COALESCE(m.auto_recovery_enabled, true) AS service_enabled,
-       m.oauth_config,
+       m.oauth_config, m.allowed_hosts,
        u.id AS user_connection_id,
        COALESCE(u.auto_recovery_enabled, true) AS user_connection_enabled,
        u.access_token, u.refresh_token,
        COALESCE(u.consecutive_failures, 0) AS user_connection_failures,
        (SELECT count(*) FROM (
-            SELECT 1 FROM system_integrity_events x
-            WHERE x.service_name = c.service_name
-              AND x.failure_category = c.failure_category
-              AND x.created_at <= c.created_at
-              AND x.created_at >= COALESCE(m.counters_reset_at, '-infinity')
+            SELECT 1 FROM selfheal_unhealed x
+            WHERE x.service_id = m.id AND x.category = c.failure_category
               AND (c.failure_category <> 'network'
-                   OR x.created_at > c.created_at - make_interval(secs => %(window_seconds)s))
+                   OR x.at > now() - make_interval(secs => %(window_seconds)s))
             LIMIT %(count_cap)s) AS counted) AS threshold_count,
-       e.id IS NULL AS event_deleted
+       e.id IS NULL AS event_deleted,
+       COALESCE(m.circuit_opened_at IS NOT NULL, false) AS service_circuit_open,
+       COALESCE(m.circuit_failed_probes, 0) AS service_failed_probes,
+       COALESCE(u.circuit_opened_at IS NOT NULL, false) AS user_connection_circuit_open,
+       COALESCE(u.circuit_failed_probes, 0) AS user_connection_failed_probes,
+       COALESCE(m.circuit_next_probe_at, u.circuit_next_probe_at) AS circuit_next_probe_at,
+       c.id = ANY (%(probe_ids)s::uuid[]) AS probe,
+       c.counted AS counted_before
 FROM claimed c
 LEFT JOIN integration_events e ON e.id = c.event_id
 LEFT JOIN integrations_master m ON m.service_name = c.service_name
@@ -282,24 +336,106 @@ LEFT JOIN LATERAL (
 ) u ON true
 """
 
-# A service seen failing for the first time gets its row, so its counters and its
-# disabled state have somewhere to live.
-REGISTER_SERVICES: LiteralString = """
-INSERT INTO integrations_master (service_name)
-SELECT DISTINCT name FROM unnest(%(names)s::text[]) AS name
-ON CONFLICT DO NOTHING
-RETURNING id, service_name
+# Circuits due a probe: this daemon takes the probe of each (a lease on the service or
+# user connection row, so that no two daemons probe one at once) and the oldest failure
+# waiting behind it, which the claim then leases as the probe.
+CLAIM_PROBES: LiteralString = """
+WITH services AS (
+    UPDATE integrations_master m
+    SET circuit_probe_owner = %(owner)s,
+        circuit_probe_until = now() + make_interval(secs => %(lease_seconds)s)
+    WHERE m.circuit_opened_at IS NOT NULL AND m.circuit_next_probe_at <= now()
+      AND (m.circuit_probe_until IS NULL OR m.circuit_probe_until < now())
+      AND m.auto_recovery_enabled
+      AND EXISTS (SELECT 1 FROM system_integrity_events s
+                  WHERE s.service_name = m.service_name
+                    AND s.held_by_circuit AND s.status = 'pending'
+                    AND (s.lease_expires_at IS NULL OR s.lease_expires_at < now()))
+    RETURNING m.service_name, NULL::uuid AS user_id
+), users AS (
+    UPDATE user_integrations u
+    SET circuit_probe_owner = %(owner)s,
+        circuit_probe_until = now() + make_interval(secs => %(lease_seconds)s)
+    FROM integrations_master m
+    WHERE m.id = u.integration_id AND m.circuit_opened_at IS NULL
+      AND u.circuit_opened_at IS NOT NULL AND u.circuit_next_probe_at <= now()
+      AND (u.circuit_probe_until IS NULL OR u.circuit_probe_until < now())
+      AND u.auto_recovery_enabled AND m.auto_recovery_enabled
+      AND EXISTS (SELECT 1 FROM system_integrity_events s
+                  WHERE s.service_name = m.service_name AND s.user_id = u.user_id
+                    AND s.held_by_circuit AND s.status = 'pending'
+                    AND (s.lease_expires_at IS NULL OR s.lease_expires_at < now()))
+    RETURNING m.service_name, u.user_id
+)
+SELECT p.service_name, p.user_id, w.id AS record_id, w.waiting
+FROM (SELECT * FROM services UNION ALL SELECT * FROM users) AS p
+CROSS JOIN LATERAL (
+    SELECT (SELECT s.id FROM system_integrity_events s
+            WHERE s.service_name = p.service_name
+              AND (p.user_id IS NULL OR s.user_id = p.user_id)
+              AND s.held_by_circuit AND s.status = 'pending'
+              AND (s.lease_expires_at IS NULL OR s.lease_expires_at < now())
+            ORDER BY s.created_at LIMIT 1) AS id,
+           (SELECT count(*) FROM system_integrity_events s
+            WHERE s.service_name = p.service_name
+              AND (p.user_id IS NULL OR s.user_id = p.user_id)
+              AND s.held_by_circuit AND s.status = 'pending') AS waiting
+) AS w
 """
 
-# When the next record comes due (rate-limit windows included), in seconds from now.
+# What the database says is down or disabled, for the recoveries in flight (partial
+# indexes keep it cheap on a big user_integrations).
+TARGET_STATES: LiteralString = """
+SELECT 'service' AS scope, id, service_name AS name, circuit_opened_at IS NOT NULL AS open,
+       NOT auto_recovery_enabled AS disabled
+FROM integrations_master
+WHERE circuit_opened_at IS NOT NULL OR NOT auto_recovery_enabled
+UNION ALL
+SELECT 'user_connection', id, NULL, circuit_opened_at IS NOT NULL, NOT auto_recovery_enabled
+FROM user_integrations
+WHERE circuit_opened_at IS NOT NULL OR NOT auto_recovery_enabled
+"""
+
+# How many failures wait behind each named service's circuit (for the log).
+CIRCUIT_WAITING: LiteralString = """
+SELECT m.id, m.service_name, count(s.id) AS waiting
+FROM integrations_master m
+LEFT JOIN system_integrity_events s
+       ON s.service_name = m.service_name AND s.held_by_circuit AND s.status = 'pending'
+WHERE m.id = ANY (%(service_ids)s::uuid[])
+GROUP BY m.id, m.service_name
+"""
+
+# A service seen failing for the first time gets its row, so its counters and its
+# disabled state have somewhere to live; the ids of the named services, new or not (one
+# another daemon registered a moment ago included).
+REGISTER_SERVICES: LiteralString = """
+WITH inserted AS (
+    INSERT INTO integrations_master (service_name)
+    SELECT DISTINCT name FROM unnest(%(names)s::text[]) AS name
+    ON CONFLICT DO NOTHING
+    RETURNING id, service_name
+)
+SELECT id, service_name FROM inserted
+UNION ALL
+SELECT id, service_name FROM integrations_master
+WHERE service_name = ANY (%(names)s::text[])
+"""
+
+# When the next record or probe comes due (rate-limit windows and leases included), in
+# seconds from now; NULL when nothing is scheduled.
 SECONDS_UNTIL_DUE: LiteralString = """
-SELECT GREATEST(0, EXTRACT(EPOCH FROM min(
-           GREATEST(s.next_retry_at, COALESCE(m.rate_limited_until, '-infinity'),
-                    COALESCE(s.lease_expires_at, '-infinity'))
-       ) - now()))::float8
-FROM system_integrity_events s
-LEFT JOIN integrations_master m ON m.service_name = s.service_name
-WHERE s.status = 'pending' AND s.next_retry_at IS NOT NULL
+SELECT GREATEST(0, EXTRACT(EPOCH FROM LEAST(
+    (SELECT min(GREATEST(s.next_retry_at, COALESCE(m.rate_limited_until, '-infinity'),
+                         COALESCE(s.lease_expires_at, '-infinity')))
+     FROM system_integrity_events s
+     LEFT JOIN integrations_master m ON m.service_name = s.service_name
+     WHERE s.status = 'pending' AND s.next_retry_at IS NOT NULL AND NOT s.held_by_circuit),
+    (SELECT min(GREATEST(circuit_next_probe_at, COALESCE(circuit_probe_until, '-infinity')))
+     FROM integrations_master WHERE circuit_opened_at IS NOT NULL),
+    (SELECT min(GREATEST(circuit_next_probe_at, COALESCE(circuit_probe_until, '-infinity')))
+     FROM user_integrations WHERE circuit_opened_at IS NOT NULL)
+) - now()))::float8
 """
 
 # Outcomes of a batch of recoveries, with their effects on events, services and user
@@ -309,14 +445,17 @@ WITH o AS (
     SELECT * FROM unnest(
         %(record_ids)s::uuid[], %(event_ids)s::uuid[], %(statuses)s::text[],
         %(actions)s::text[], %(attempts)s::int[], %(deferrals)s::int[],
-        %(next_retry_at)s::timestamptz[], %(reasons)s::text[]
-    ) AS o(record_id, event_id, status, action, attempts, deferrals, next_retry_at, reason)
+        %(next_retry_at)s::timestamptz[], %(reasons)s::text[], %(held)s::bool[],
+        %(counted)s::bool[]
+    ) AS o(record_id, event_id, status, action, attempts, deferrals, next_retry_at, reason,
+           held, counted)
 ), records AS (
     UPDATE system_integrity_events s
     SET status = o.status, action_taken = o.action, attempts = s.attempts + o.attempts,
         deferrals = o.deferrals, next_retry_at = o.next_retry_at,
         failure_reason = COALESCE(o.reason, s.failure_reason),
         resolved_at = CASE WHEN o.status = 'resolved' THEN now() END,
+        held_by_circuit = o.held, counted = s.counted OR o.counted,
         updated_at = now(), lease_owner = NULL, lease_expires_at = NULL
     FROM o
     WHERE s.id = o.record_id AND s.lease_owner = %(owner)s
@@ -331,6 +470,12 @@ WITH o AS (
         status = CASE WHEN o.status = 'resolved' THEN 'success' ELSE e.status END
     FROM o, held
     WHERE e.id = o.event_id AND o.attempts > 0 AND held.ok
+), sv AS (
+    SELECT * FROM unnest(
+        %(service_ids)s::uuid[], %(service_reset)s::bool[], %(service_failed)s::int[],
+        %(service_disable)s::text[], %(service_window)s::timestamptz[],
+        %(service_circuit)s::text[], %(service_next_probe)s::timestamptz[]
+    ) AS v(id, reset, failed, disable_reason, rate_limited_until, circuit, next_probe_at)
 ), services AS (
     UPDATE integrations_master m
     SET last_recovery_at = now(),
@@ -340,12 +485,52 @@ WITH o AS (
         auto_recovery_enabled = m.auto_recovery_enabled AND v.disable_reason IS NULL,
         disabled_reason = COALESCE(v.disable_reason, m.disabled_reason),
         disabled_at = CASE WHEN v.disable_reason IS NOT NULL THEN now() ELSE m.disabled_at END,
-        rate_limited_until = GREATEST(m.rate_limited_until, v.rate_limited_until)
-    FROM unnest(
-        %(service_ids)s::uuid[], %(service_reset)s::bool[], %(service_failed)s::int[],
-        %(service_disable)s::text[], %(service_window)s::timestamptz[]
-    ) AS v(id, reset, failed, disable_reason, rate_limited_until), held
+        rate_limited_until = GREATEST(m.rate_limited_until, v.rate_limited_until),
+        -- A circuit that another daemon opened already keeps its own probe schedule.
+        circuit_opened_at = CASE v.circuit WHEN 'open' THEN COALESCE(m.circuit_opened_at, now())
+                                           WHEN 'close' THEN NULL
+                                           ELSE m.circuit_opened_at END,
+        circuit_failed_probes = CASE
+            WHEN v.circuit = 'open' AND m.circuit_opened_at IS NULL THEN 0
+            WHEN v.circuit = 'probe_failed' THEN m.circuit_failed_probes + 1
+            WHEN v.circuit = 'close' THEN 0
+            ELSE m.circuit_failed_probes END,
+        circuit_next_probe_at = CASE
+            WHEN v.circuit = 'open' AND m.circuit_opened_at IS NULL THEN v.next_probe_at
+            WHEN v.circuit = 'probe_failed' THEN v.next_probe_at
+            WHEN v.circuit = 'close' THEN NULL
+            ELSE m.circuit_next_probe_at END,
+        circuit_probe_owner = CASE WHEN v.circuit IN ('probe_failed', 'close') THEN NULL
+                                   ELSE m.circuit_probe_owner END,
+        circuit_probe_until = CASE WHEN v.circuit IN ('probe_failed', 'close') THEN NULL
+                                   ELSE m.circuit_probe_until END
+    FROM sv AS v, held
     WHERE m.id = v.id AND held.ok
+), forgotten AS (
+    -- A success of the service: what the thresholds counted starts again.
+    DELETE FROM selfheal_unhealed x USING sv AS v, held
+    WHERE x.service_id = v.id AND v.reset AND held.ok
+), counted AS (
+    INSERT INTO selfheal_unhealed (service_id, category)
+    SELECT c.service_id, c.category
+    FROM unnest(%(counted_service_ids)s::uuid[], %(counted_categories)s::text[])
+         AS c(service_id, category), held
+    WHERE held.ok
+), released AS (
+    -- A closed circuit lets its waiting failures go, oldest first, at once.
+    UPDATE system_integrity_events s SET held_by_circuit = false, next_retry_at = now()
+    FROM integrations_master m, sv AS v, held
+    WHERE v.circuit = 'close' AND m.id = v.id AND held.ok
+      AND s.service_name = m.service_name AND s.held_by_circuit AND s.status = 'pending'
+      AND s.id <> ALL (%(record_ids)s::uuid[])
+    RETURNING s.service_name
+), uv AS (
+    SELECT * FROM unnest(
+        %(user_connection_ids)s::uuid[], %(user_connection_reset)s::bool[],
+        %(user_connection_failed)s::int[], %(user_connection_disable)s::text[],
+        %(user_connection_errored)s::bool[], %(user_connection_circuit)s::text[],
+        %(user_connection_next_probe)s::timestamptz[]
+    ) AS v(id, reset, failed, disable_reason, errored, circuit, next_probe_at)
 ), user_connections AS (
     UPDATE user_integrations u
     SET consecutive_failures = CASE WHEN v.reset THEN v.failed
@@ -353,17 +538,39 @@ WITH o AS (
         last_error_at = CASE WHEN v.errored THEN now() ELSE u.last_error_at END,
         auto_recovery_enabled = u.auto_recovery_enabled AND v.disable_reason IS NULL,
         disabled_reason = COALESCE(v.disable_reason, u.disabled_reason),
-        disabled_at = CASE WHEN v.disable_reason IS NOT NULL THEN now() ELSE u.disabled_at END
-    FROM unnest(
-        %(user_connection_ids)s::uuid[], %(user_connection_reset)s::bool[],
-        %(user_connection_failed)s::int[], %(user_connection_disable)s::text[],
-        %(user_connection_errored)s::bool[]
-    ) AS v(id, reset, failed, disable_reason, errored), held
+        disabled_at = CASE WHEN v.disable_reason IS NOT NULL THEN now() ELSE u.disabled_at END,
+        circuit_opened_at = CASE v.circuit WHEN 'open' THEN COALESCE(u.circuit_opened_at, now())
+                                           WHEN 'close' THEN NULL
+                                           ELSE u.circuit_opened_at END,
+        circuit_failed_probes = CASE
+            WHEN v.circuit = 'open' AND u.circuit_opened_at IS NULL THEN 0
+            WHEN v.circuit = 'probe_failed' THEN u.circuit_failed_probes + 1
+            WHEN v.circuit = 'close' THEN 0
+            ELSE u.circuit_failed_probes END,
+        circuit_next_probe_at = CASE
+            WHEN v.circuit = 'open' AND u.circuit_opened_at IS NULL THEN v.next_probe_at
+            WHEN v.circuit = 'probe_failed' THEN v.next_probe_at
+            WHEN v.circuit = 'close' THEN NULL
+            ELSE u.circuit_next_probe_at END,
+        circuit_probe_owner = CASE WHEN v.circuit IN ('probe_failed', 'close') THEN NULL
+                                   ELSE u.circuit_probe_owner END,
+        circuit_probe_until = CASE WHEN v.circuit IN ('probe_failed', 'close') THEN NULL
+                                   ELSE u.circuit_probe_until END
+    FROM uv AS v, held
     WHERE u.id = v.id AND held.ok
+), released_users AS (
+    UPDATE system_integrity_events s SET held_by_circuit = false, next_retry_at = now()
+    FROM user_integrations u, integrations_master m, uv AS v, held
+    WHERE v.circuit = 'close' AND u.id = v.id AND m.id = u.integration_id AND held.ok
+      AND s.service_name = m.service_name AND s.user_id = u.user_id
+      AND s.held_by_circuit AND s.status = 'pending'
+      AND s.id <> ALL (%(record_ids)s::uuid[])
 ), notified AS (
     SELECT pg_notify(%(channel)s, count(*)::text) FROM records
 )
-SELECT count(*) FROM records CROSS JOIN notified
+SELECT (SELECT count(*) FROM records CROSS JOIN notified) AS recorded,
+       (SELECT COALESCE(json_object_agg(service_name, n), '{}'::json)
+        FROM (SELECT service_name, count(*) AS n FROM released GROUP BY 1) AS r) AS released
 """
 
 # Token refresh, one at a time per user connection across daemons: a lease on the row,

@@ -17,23 +17,24 @@ from psycopg import sql
 from psycopg.rows import AsyncRowFactory, class_row, dict_row, kwargs_row, tuple_row
 from psycopg_pool import AsyncConnectionPool
 
-from selfheal.core.effects import fold_effects
 from selfheal.core.thresholds import Thresholds
 from selfheal.db import queries
 from selfheal.db.connections import ConnectionPolicy, deadline_missed, with_keepalives
 from selfheal.errors import DatabaseError, DatabaseUnavailable, ServiceRegistrationFailed
 from selfheal.logs import first_line
 from selfheal.models import (
+    Category,
     ClaimedFailure,
     Diagnosis,
     Job,
-    Outcome,
     Recorded,
+    Settled,
+    TargetState,
     TokenGrant,
     UserConnectionTokens,
 )
 
-__all__ = ["Database", "DisabledTarget", "RecordSummary", "Store"]
+__all__ = ["Database", "DisabledTarget", "ProbeClaim", "RecordSummary", "Store"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +46,16 @@ class RecordSummary:
     action_taken: str | None
     status: str
     next_retry_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeClaim:
+    """A circuit whose probe this daemon took, and the failure to probe with."""
+
+    service_name: str
+    user_id: uuid.UUID | None  # set for a user connection's circuit
+    record_id: uuid.UUID | None  # None: every waiting failure is in flight elsewhere
+    waiting: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,8 +320,10 @@ class Store:
         lease_seconds: float,
         thresholds: Thresholds,
         record_ids: Sequence[uuid.UUID] | None = None,
+        probe_ids: Sequence[uuid.UUID] = (),
     ) -> list[Job]:
-        """Lease records due for recovery (only the named ones, if given)."""
+        """Lease records due for recovery (only the named ones, if given); `probe_ids` are
+        leased although a circuit holds them, as its probes."""
         return await self._fetchall(
             queries.CLAIM_DUE,
             {
@@ -318,6 +331,7 @@ class Store:
                 "owner": owner,
                 "lease_seconds": lease_seconds,
                 "record_ids": None if record_ids is None else list(record_ids),
+                "probe_ids": list(probe_ids),
                 "window_seconds": thresholds.network_window.total_seconds(),
                 "count_cap": thresholds.count_cap,
             },
@@ -325,7 +339,7 @@ class Store:
         )
 
     async def register_services(self, names: Sequence[str]) -> dict[str, uuid.UUID]:
-        """Create integrations_master rows for unknown services; returns the new ids."""
+        """Create integrations_master rows for unknown services; the ids of all named."""
         try:
             rows = await self._fetchall(
                 queries.REGISTER_SERVICES, {"names": list(names)}, tuple_row
@@ -338,13 +352,31 @@ class Store:
         rows = await self._fetchall(queries.SECONDS_UNTIL_DUE, {}, tuple_row)
         return None if not rows or rows[0][0] is None else float(rows[0][0])
 
-    async def record_outcomes(self, outcomes: Sequence[Outcome], owner: str) -> int:
-        rows = await self._fetchall(
+    async def record_outcomes(self, settled: Settled, owner: str) -> dict[str, int]:
+        """Write a settled batch; the failures a closed circuit released, by service."""
+        [(_, released)] = await self._fetchall(
             queries.RECORD_OUTCOMES,
-            {**_outcome_columns(outcomes), "owner": owner, "channel": queries.OUTCOMES_CHANNEL},
+            {**_outcome_columns(settled), "owner": owner, "channel": queries.OUTCOMES_CHANNEL},
             tuple_row,
         )
-        return int(rows[0][0]) if rows else 0
+        return {str(name): int(count) for name, count in released.items()}
+
+    async def claim_probes(self, owner: str, lease_seconds: float) -> list[ProbeClaim]:
+        """Take the probe of every circuit that is due one (see CLAIM_PROBES)."""
+        return await self._fetchall(
+            queries.CLAIM_PROBES,
+            {"owner": owner, "lease_seconds": lease_seconds},
+            class_row(ProbeClaim),
+        )
+
+    async def target_states(self) -> list[TargetState]:
+        return await self._fetchall(queries.TARGET_STATES, {}, class_row(TargetState))
+
+    async def circuit_waiting(self, service_ids: Sequence[uuid.UUID]) -> dict[str, int]:
+        rows = await self._fetchall(
+            queries.CIRCUIT_WAITING, {"service_ids": list(service_ids)}, tuple_row
+        )
+        return {name: int(waiting) for _, name, waiting in rows}
 
     @asynccontextmanager
     async def refresh_lock(
@@ -409,11 +441,13 @@ class Store:
             by_category.setdefault(category, {})[status] = count
         disabled = await self._fetchall(queries.DISABLED_TARGETS, {}, dict_row)
         failing = await self._fetchall(queries.FAILING_SERVICES, {}, dict_row)
+        circuits = await self._fetchall(queries.OPEN_CIRCUITS, {}, dict_row)
         return {
             **counts,
             "by_category": by_category,
             "disabled_targets": disabled,
             "failing_services": failing,
+            "circuits": circuits,
         }
 
     async def enable(self, service_name: str, user_id: uuid.UUID | None) -> int:
@@ -479,11 +513,16 @@ def _diagnosis_columns(diagnoses: Sequence[Diagnosis]) -> dict[str, list[Any]]:
     }
 
 
-def _outcome_columns(outcomes: Sequence[Outcome]) -> dict[str, list[Any]]:
+def _outcome_columns(settled: Settled) -> dict[str, list[Any]]:
     """The batch as arrays: one per record column, one per service and user-connection
-    effect (core/effects.py folds them)."""
-    effects = fold_effects(outcomes)
-    services, users = effects.services, effects.user_connections
+    effect (core/effects.py settled them), one per failure the thresholds count."""
+    outcomes = settled.outcomes
+    services, users = settled.effects.services, settled.effects.user_connections
+    counted = [
+        (o.job.service_id, o.job.category.value)
+        for o in outcomes
+        if o.counted and o.job.service_id is not None and o.job.category is not Category.AUTH
+    ]
     return {
         "record_ids": [o.job.record_id for o in outcomes],
         "event_ids": [o.job.event_id for o in outcomes],
@@ -493,14 +532,22 @@ def _outcome_columns(outcomes: Sequence[Outcome]) -> dict[str, list[Any]]:
         "deferrals": [o.deferrals if o.next_retry_at else o.job.deferrals for o in outcomes],
         "next_retry_at": [o.next_retry_at for o in outcomes],
         "reasons": [o.reason for o in outcomes],
+        "held": [o.held for o in outcomes],
+        "counted": [o.counted for o in outcomes],
+        "counted_service_ids": [service_id for service_id, _ in counted],
+        "counted_categories": [category for _, category in counted],
         "service_ids": [e.service_id for e in services],
         "service_reset": [e.reset for e in services],
         "service_failed": [e.failed for e in services],
         "service_disable": [e.disable_reason for e in services],
         "service_window": [e.rate_limited_until for e in services],
+        "service_circuit": [e.circuit and e.circuit.value for e in services],
+        "service_next_probe": [e.next_probe_at for e in services],
         "user_connection_ids": [e.user_connection_id for e in users],
         "user_connection_reset": [e.reset for e in users],
         "user_connection_failed": [e.failed for e in users],
         "user_connection_disable": [e.disable_reason for e in users],
         "user_connection_errored": [e.errored for e in users],
+        "user_connection_circuit": [e.circuit and e.circuit.value for e in users],
+        "user_connection_next_probe": [e.next_probe_at for e in users],
     }

@@ -1,6 +1,7 @@
 """The daemon's HTTP clients: replays through httpcore pools, one per service and origin;
 token refreshes (rare) through one httpx client. One proxy policy for both: the
-environment's (``HTTPS_PROXY``, ``ALL_PROXY``, ``NO_PROXY``)."""
+environment's (``HTTPS_PROXY``, ``ALL_PROXY``, ``NO_PROXY``). Replays connect only to
+addresses the guard allows (http/guard.py); token refreshes go to the admin's token URL."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import httpx
 
 from selfheal import __version__
 from selfheal.http.aionet import AsyncioBackend
+from selfheal.http.guard import GuardedBackend
 
 __all__ = ["USER_AGENT", "HttpClients", "NetworkBackend"]
 
@@ -42,6 +44,7 @@ class HttpClients:
         *,
         trust_env: bool = True,
         network: NetworkBackend = "asyncio",
+        allow_loopback: bool = False,
     ) -> None:
         self.timeout = timeout  # the whole of one request, not only each read
         self._timeouts = {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}
@@ -49,8 +52,12 @@ class HttpClients:
         self._ssl = httpx.create_ssl_context(trust_env=trust_env)  # shared: costly to make
         self._proxies = urllib.request.getproxies() if trust_env else {}
         self._pools: dict[tuple[str, str], httpcore.AsyncConnectionPool] = {}
-        # None: httpcore's own backend (through anyio), the switch back if ours misbehaves.
-        self._network = AsyncioBackend() if network == "asyncio" else None
+        # httpcore's own backend (through anyio) is the switch back if ours misbehaves.
+        # Either way replays connect through the guard: a row's endpoint is untrusted.
+        self._network = GuardedBackend(
+            AsyncioBackend() if network == "asyncio" else httpcore.AnyIOBackend(),
+            allow_loopback=allow_loopback,
+        )
         self.client = httpx.AsyncClient(
             timeout=timeout, verify=self._ssl, trust_env=trust_env, follow_redirects=False
         )
@@ -77,7 +84,8 @@ class HttpClients:
         self, service_name: str, method: str, url: str, headers: dict[str, str], body: bytes
     ) -> httpcore.Response:
         """Send and read the whole response within the timeout (a server that trickles
-        its body does not hold a replay longer); httpcore errors pass through."""
+        its body does not hold a replay longer); httpcore errors pass through, a refused
+        destination as `AddressRefused` (a ConnectError)."""
         try:
             with anyio.fail_after(self.timeout):
                 return await self._pool(service_name, url).request(

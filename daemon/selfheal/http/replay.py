@@ -13,11 +13,14 @@ import httpcore
 from selfheal.core.analyzer import ok_false
 from selfheal.core.retry import idempotency_key
 from selfheal.http.clients import USER_AGENT, HttpClients
+from selfheal.http.guard import AddressRefused
 from selfheal.models import ReplayResult
 
-__all__ = ["ATTEMPT_HEADER", "ReplayRequest", "replay", "replayable"]
+__all__ = ["ADDRESS_REFUSED", "ATTEMPT_HEADER", "ReplayRequest", "replay", "replayable"]
 
 ATTEMPT_HEADER = "X-Selfheal-Attempt"
+#: The error code of a replay the guard would not send (http/guard.py): nothing went out.
+ADDRESS_REFUSED = "address_refused"
 _METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
 _BODYLESS = frozenset({"GET", "DELETE"})
 _BODY_SAMPLE = 4096  # enough of an error body for the analyzer
@@ -69,6 +72,8 @@ async def replay(clients: HttpClients, service_name: str, request: ReplayRequest
         response = await clients.send(service_name, method, request.endpoint, headers, content)
     except ValueError:  # an URL httpcore cannot use (replayable() lets few through)
         return ReplayResult(None, {}, "invalid_url", "")
+    except AddressRefused as exc:  # never connected: the message says which address, and why
+        return ReplayResult(None, {}, ADDRESS_REFUSED, str(exc))
     except httpcore.TimeoutException:
         return ReplayResult(None, {}, "ETIMEDOUT", "")
     except _TRANSPORT_ERRORS as exc:

@@ -8,20 +8,21 @@ import random
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Protocol
 
 import anyio
 
 from selfheal.core import plan as planning
+from selfheal.core.circuit import probe_delay
 from selfheal.core.diagnose import replay_failure_reason
 from selfheal.core.ratelimit import SHORT_WAIT_LIMIT, rate_limit_wait
 from selfheal.core.retry import retry_delays
 from selfheal.core.thresholds import Thresholds
 from selfheal.http.clients import HttpClients
 from selfheal.http.oauth import RefreshFailed, refresh_access_token
-from selfheal.http.replay import ReplayRequest, replay, replayable
+from selfheal.http.replay import ADDRESS_REFUSED, ReplayRequest, replay, replayable
 from selfheal.logs import get_logger
 from selfheal.models import (
     Category,
@@ -31,9 +32,11 @@ from selfheal.models import (
     Outcome,
     Recipe,
     ReplayResult,
+    Status,
     TokenGrant,
     UserConnectionTokens,
 )
+from selfheal.services.circuits import Circuits, Stop
 
 __all__ = ["Executor", "RequestLimits", "TokenStore", "token_digest"]
 
@@ -91,8 +94,31 @@ class _Fresh:
     refreshed_at: datetime | None
 
 
+@dataclass(slots=True)
+class _Visit:
+    """One visit's replays so far."""
+
+    attempts: int = 0
+    result: ReplayResult | None = None
+
+
+class _Halt(Exception):
+    """The next request must not go out (a disable, an open circuit), or the last one
+    opened the circuit: the visit ends here."""
+
+    def __init__(self, stop: Stop | None) -> None:
+        super().__init__(stop)
+        self.stop = stop  # None: the visit's own replay opened the circuit
+
+
+#: Backoff runs from the original failure only while that is recent; an older failure
+#: (a backlog, a re-enabled service) gets the schedule's spacing from now.
+_FRESH_FAILURE = timedelta(seconds=5)
+
+
 class Executor:
-    """Runs each job's plan: the pure plan first, then the recipe's requests."""
+    """Runs each job's plan: the pure plan first, then the recipe's requests, each of them
+    only while the job's service and user connection are neither disabled nor down."""
 
     def __init__(
         self,
@@ -100,6 +126,7 @@ class Executor:
         tokens: TokenStore,
         thresholds: Thresholds,
         limits: RequestLimits,
+        circuits: Circuits,
         *,
         max_wait: float,
         clock: Clock,
@@ -110,89 +137,154 @@ class Executor:
         self._tokens = tokens
         self._thresholds = thresholds
         self._limits = limits
+        self._circuits = circuits
         self._max_wait = max_wait
         self._clock = clock
         self._sleep = sleep
         self._rand = rand
 
     async def recover(self, job: Job) -> Outcome:
-        decided = planning.plan(job, self._thresholds, replayable(job.http_method, job.endpoint))
+        decided = planning.plan(job, replayable(job.http_method, job.endpoint))
         if decided.outcome is not None:
             return decided.outcome
-        if decided.recipe is Recipe.REFRESH_AND_REPLAY:
-            return await self._refresh_and_replay(job)
-        if decided.recipe is Recipe.AFTER_RATE_LIMIT:
-            return await self._after_rate_limit(job)
-        return await self._backoff(job)
+        visit = _Visit()
+        try:
+            if job.probe:
+                return await self._probe(job, visit)
+            if decided.recipe is Recipe.REFRESH_AND_REPLAY:
+                return await self._refresh_and_replay(job, visit)
+            if decided.recipe is Recipe.AFTER_RATE_LIMIT:
+                return await self._after_rate_limit(job, visit)
+            return await self._backoff(job, visit)
+        except _Halt as halt:
+            return self._halted(job, halt.stop, visit)
+
+    def _halted(self, job: Job, stop: Stop | None, visit: _Visit) -> Outcome:
+        reason = replay_failure_reason(job.service_name, visit.result)
+        if stop is None:
+            return planning.circuit_opened(job, visit.attempts, reason, self._next_probe(0))
+        if stop is Stop.CIRCUIT_OPEN:
+            waiting = planning.held(job, self._next_probe(0))
+            return replace(waiting, attempts=visit.attempts, reason=reason)
+        if stop is Stop.ADDRESS_REFUSED:
+            refused = visit.result.body_sample if visit.result else "refused"
+            return Outcome(
+                job,
+                Status.PENDING,
+                f"not sent: {refused}; an operator must fix the event's endpoint",
+                attempts=visit.attempts,
+            )
+        whom = "this user connection" if stop is Stop.USER_CONNECTION_DISABLED else job.service_name
+        return Outcome(
+            job,
+            Status.DISABLED,
+            f"recovery disabled for {whom} while it ran; no further request",
+            attempts=visit.attempts,
+            reason=reason,
+        )
+
+    def _next_probe(self, failed_probes: int) -> datetime:
+        delay = probe_delay(failed_probes, self._rand(), self._circuits.policy)
+        return self._clock() + timedelta(seconds=delay)
 
     def _schedule(self, job: Job) -> _Schedule:
         # The backoff runs from the original failure (on a first visit): attempts go out
         # at failure + 0.5 s, + 1.5 s, + 3.5 s, whatever recording and replaying took.
-        start = job.failed_at if job.first_visit else self._clock()
-        return _Schedule(start, self._clock, self._sleep)
+        now = self._clock()
+        fresh = job.first_visit and now - job.failed_at < _FRESH_FAILURE
+        return _Schedule(job.failed_at if fresh else now, self._clock, self._sleep)
 
     def _later(
-        self, job: Job, category: Category, what: str, attempts: int, reason: str | None
+        self,
+        job: Job,
+        category: Category,
+        what: str,
+        visit: _Visit,
+        *,
+        unhealed: bool = True,
     ) -> Outcome:
         return planning.later(
             job,
             category,
             what,
-            attempts,
-            reason,
+            visit.attempts,
+            replay_failure_reason(job.service_name, visit.result),
             now=self._clock(),
             rand=self._rand(),
             max_wait=self._max_wait,
+            unhealed=unhealed,
         )
 
     async def _replay(
-        self, job: Job, attempt: int, token: str | None, backoff: float
+        self, job: Job, visit: _Visit, token: str | None, backoff: float
     ) -> ReplayResult:
+        """One request, if the job's targets still allow it when its turn comes (after the
+        wait for a free slot); its answer feeds the circuit."""
+        attempt = job.attempts + visit.attempts + 1
         request = ReplayRequest(
             event_id=job.event_id,
             method=job.http_method or "POST",
             endpoint=job.endpoint or "",
             payload=job.payload,
-            attempt=job.attempts + attempt,
+            attempt=attempt,
             access_token=token,
         )
         async with self._limits.request(job.service_name):
+            stop = self._circuits.stop(job)
+            if stop is not None:
+                raise _Halt(stop)
             result = await replay(self._clients, job.service_name, request)
+        visit.result = result
+        if result.error_code == ADDRESS_REFUSED:
+            raise _Halt(Stop.ADDRESS_REFUSED)  # nothing went out: no attempt, no circuit
+        visit.attempts += 1
         if not result.succeeded:  # a success is told by the outcome's own line
             log.info(
                 "recovery.replay_failed",
                 event_id=str(job.event_id),
                 service_name=job.service_name,
                 category=job.category.value,
-                attempt=job.attempts + attempt,
+                attempt=attempt,
                 backoff=round(backoff, 6),
                 http_status=result.status,
                 error_code=result.error_code,
             )
+        if self._circuits.replayed(job, result) and not job.probe:
+            raise _Halt(None)
         return result
+
+    # --- a circuit's probe: one request -------------------------------------------------
+
+    async def _probe(self, job: Job, visit: _Visit) -> Outcome:
+        if not job.service_circuit_open and job.category is Category.AUTH:
+            return await self._refresh_and_replay(job, visit, budget=1)
+        result = await self._replay(job, visit, job.access_token, 0.0)
+        if result.succeeded:
+            return planning.resolved(job, visit.attempts, "probe succeeded: replayed", 0.0)
+        return planning.probe_failed(
+            job,
+            visit.attempts,
+            replay_failure_reason(job.service_name, result),
+            self._next_probe(job.service_failed_probes + 1),
+        )
 
     # --- network and unknown: backoff replays --------------------------------------------
 
-    async def _backoff(self, job: Job) -> Outcome:
-        result: ReplayResult | None = None
+    async def _backoff(self, job: Job, visit: _Visit) -> Outcome:
         delays = retry_delays(job.category, self._rand)
         schedule = self._schedule(job)
-        for attempt, delay in enumerate(delays, start=1):
+        for delay in delays:
             await schedule.wait(delay)
-            result = await self._replay(job, attempt, job.access_token, delay)
+            result = await self._replay(job, visit, job.access_token, delay)
             if result.succeeded:
-                return planning.resolved(job, attempt, "replayed after backoff", schedule.total)
-        return self._later(
-            job,
-            job.category,
-            f"{len(delays)} replays failed",
-            len(delays),
-            replay_failure_reason(job.service_name, result),
-        )
+                return planning.resolved(
+                    job, visit.attempts, "replayed after backoff", schedule.total
+                )
+        return self._later(job, job.category, f"{len(delays)} replays failed", visit)
 
     # --- rate_limit: never before the server allows --------------------------------------
 
-    async def _after_rate_limit(self, job: Job) -> Outcome:
+    async def _after_rate_limit(self, job: Job, visit: _Visit) -> Outcome:
         # Headers of the original failure count only on the first visit; later the
         # schedule already honoured them.
         wait = None
@@ -201,63 +293,54 @@ class Executor:
             wait = rate_limit_wait(headers, self._clock(), self._max_wait)
         if wait is not None and wait >= SHORT_WAIT_LIMIT:
             return planning.rate_limit_window(job, wait, 0, None, now=self._clock())
-        attempts = 0
-        result: ReplayResult | None = None
         server_wait = 0.0  # a short wait demanded by a replay's own 429
         schedule = self._schedule(job)
         for backoff in retry_delays(Category.RATE_LIMIT, self._rand, server_wait=wait):
             delay = backoff + server_wait
             await schedule.wait(delay)
-            attempts += 1
-            result = await self._replay(job, attempts, job.access_token, delay)
+            result = await self._replay(job, visit, job.access_token, delay)
             if result.succeeded:
                 return planning.resolved(
-                    job, attempts, "replayed after the rate-limit window", schedule.total
+                    job, visit.attempts, "replayed after the rate-limit window", schedule.total
                 )
             again = rate_limit_wait(result.headers, self._clock(), self._max_wait)
             if result.status == 429 and again is not None and again >= SHORT_WAIT_LIMIT:
                 reason = replay_failure_reason(job.service_name, result)
-                return planning.rate_limit_window(job, again, attempts, reason, now=self._clock())
+                return planning.rate_limit_window(
+                    job, again, visit.attempts, reason, now=self._clock()
+                )
             server_wait = again if result.status == 429 and again is not None else 0.0
-        return self._later(
-            job,
-            Category.RATE_LIMIT,
-            f"{attempts} replays still rate limited",
-            attempts,
-            replay_failure_reason(job.service_name, result),
-        )
+        # Rate limits never disable: nothing here counts towards a threshold.
+        what = f"{visit.attempts} replays still rate limited"
+        return self._later(job, Category.RATE_LIMIT, what, visit, unhealed=False)
 
     # --- auth: refresh, then replay with the new token ------------------------------------
 
-    async def _refresh_and_replay(self, job: Job) -> Outcome:
+    async def _refresh_and_replay(self, job: Job, visit: _Visit, budget: int = 3) -> Outcome:
         if job.user_connection_id is None:
-            return self._auth_failed(job, "no user connection to refresh", 0, None)
+            return self._auth_failed(job, "no user connection to refresh", visit)
         if not job.oauth_config:
-            return self._auth_failed(job, "no oauth_config for this service", 0, None)
+            return self._auth_failed(job, "no oauth_config for this service", visit)
         stale_before: datetime | None = job.failed_at
-        result: ReplayResult | None = None
-        attempts = 0
         schedule = self._schedule(job)
-        for delay in retry_delays(Category.AUTH, self._rand):
+        for delay in retry_delays(Category.AUTH, self._rand)[:budget]:
             await schedule.wait(delay)
             try:
                 fresh = await self._fresh_token(job, stale_before)
             except RefreshFailed as exc:
-                return self._refresh_failed(job, exc, attempts, result)
-            attempts += 1
-            result = await self._replay(job, attempts, fresh.token, delay)
+                return self._refresh_failed(job, exc, visit)
+            result = await self._replay(job, visit, fresh.token, delay)
             if result.succeeded:
                 return planning.resolved(
-                    job, attempts, "refreshed the OAuth token and replayed", schedule.total
+                    job, visit.attempts, "refreshed the OAuth token and replayed", schedule.total
                 )
             if result.status not in (401, 403):
                 break  # no longer an auth problem: leave it to an operator
             stale_before = fresh.refreshed_at
         return self._auth_failed(
             job,
-            f"still unauthorized after {attempts} refresh and replay attempts",
-            attempts,
-            result,
+            f"still unauthorized after {visit.attempts} refresh and replay attempts",
+            visit,
         )
 
     async def _fresh_token(self, job: Job, stale_before: datetime | None) -> _Fresh:
@@ -301,9 +384,7 @@ class Executor:
             )
             return _Fresh(grant.access_token, refreshed_at)
 
-    def _refresh_failed(
-        self, job: Job, exc: RefreshFailed, attempts: int, result: ReplayResult | None
-    ) -> Outcome:
+    def _refresh_failed(self, job: Job, exc: RefreshFailed, visit: _Visit) -> Outcome:
         log.warning(
             "recovery.refresh_failed",
             event_id=str(job.event_id),
@@ -314,23 +395,17 @@ class Executor:
         if exc.temporary:
             # The token endpoint is down: not the user's fault; back off as for a network
             # failure and try again later.
-            return self._later(
-                job, Category.NETWORK, f"token refresh failed: {exc.reason}", attempts, None
-            )
+            what = f"token refresh failed: {exc.reason}"
+            return self._later(job, Category.NETWORK, what, visit, unhealed=False)
         if exc.reauthorize:
             return self._auth_failed(
-                job,
-                "re-authorization needed: the user must reconnect (invalid_grant)",
-                attempts,
-                None,
+                job, "re-authorization needed: the user must reconnect (invalid_grant)", visit
             )
-        return self._auth_failed(job, f"token refresh failed: {exc.reason}", attempts, result)
+        return self._auth_failed(job, f"token refresh failed: {exc.reason}", visit)
 
-    def _auth_failed(
-        self, job: Job, action: str, attempts: int, result: ReplayResult | None
-    ) -> Outcome:
-        reason = replay_failure_reason(job.service_name, result)
-        return planning.auth_failed(job, action, attempts, reason, self._thresholds)
+    def _auth_failed(self, job: Job, action: str, visit: _Visit) -> Outcome:
+        reason = replay_failure_reason(job.service_name, visit.result)
+        return planning.auth_failed(job, action, visit.attempts, reason, self._thresholds)
 
 
 class _Schedule:

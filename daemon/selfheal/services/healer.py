@@ -5,6 +5,7 @@ arrives or comes due."""
 from __future__ import annotations
 
 import math
+import random
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -16,13 +17,15 @@ from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from selfheal.core import plan as planning
+from selfheal.core.effects import settle
 from selfheal.core.thresholds import Thresholds
 from selfheal.db.store import Store
 from selfheal.errors import DatabaseUnavailable, ServiceRegistrationFailed
 from selfheal.http.clients import HttpClients
 from selfheal.logs import error_fields, first_line, get_logger
-from selfheal.models import Clock, Job, Outcome, utcnow
+from selfheal.models import CircuitChange, Clock, Job, Outcome, Settled, utcnow
 from selfheal.services.base import Gate, Service, Wakeup, retry_until_done
+from selfheal.services.circuits import Circuits
 from selfheal.services.execute import Executor, RequestLimits, Sleep
 from selfheal.settings import Settings
 
@@ -51,20 +54,35 @@ async def open_healer(
         settings.http_timeout_seconds,
         settings.service_concurrency,
         network=settings.http_network_backend,
+        allow_loopback=settings.allow_loopback,
     )
     thresholds = settings.thresholds()
+    circuits = Circuits(settings.circuit_policy())
+    randomness = rand or random.random
     try:
         executor = Executor(
             clients,
             store,
             thresholds,
             RequestLimits(settings.max_concurrency, settings.service_concurrency),
+            circuits,
             max_wait=settings.max_retry_wait_seconds,
             clock=clock,
             sleep=sleep,
-            **({} if rand is None else {"rand": rand}),
+            rand=randomness,
         )
-        yield Healer(store, settings, executor, thresholds, wakeup, owner, clock, backlog)
+        yield Healer(
+            store,
+            settings,
+            executor,
+            thresholds,
+            circuits,
+            wakeup,
+            owner,
+            clock,
+            randomness,
+            backlog,
+        )
     finally:
         with anyio.CancelScope(shield=True):
             await clients.aclose()
@@ -79,9 +97,11 @@ class Healer(Service):
         settings: Settings,
         executor: Executor,
         thresholds: Thresholds,
+        circuits: Circuits,
         wakeup: Wakeup,
         owner: str,
         clock: Clock,
+        rand: Callable[[], float],
         backlog: Gate | None = None,
     ) -> None:
         super().__init__(
@@ -94,8 +114,12 @@ class Healer(Service):
         self._settings = settings
         self._executor = executor
         self._thresholds = thresholds
+        self._circuits = circuits
         self._owner = owner
         self._clock = clock
+        self._rand = rand
+        # A probe is one request: its lease outlasts it (a refresh and a replay).
+        self._probe_lease = 3 * settings.http_timeout_seconds
         self._slots = anyio.CapacityLimiter(settings.max_recoveries)
         self._registration_warned = False
         self._recoveries: TaskGroup | None = None
@@ -106,13 +130,14 @@ class Healer(Service):
         try:
             async with anyio.create_task_group() as writing:
                 writing.start_soon(self._write_outcomes, receive)
-                async with send, anyio.create_task_group() as renewing:
-                    renewing.start_soon(self._renew_leases)
+                async with send, anyio.create_task_group() as helpers:
+                    helpers.start_soon(self._renew_leases)
+                    helpers.start_soon(self._watch_targets)
                     # Leaving this group waits for the recoveries in flight (within the grace).
                     async with anyio.create_task_group() as recoveries:
                         self._recoveries, self._outcomes = recoveries, send
                         await self.loop()
-                    renewing.cancel_scope.cancel()
+                    helpers.cancel_scope.cancel()
         finally:
             self._recoveries = self._outcomes = None
             with anyio.CancelScope(shield=True), anyio.move_on_after(2):
@@ -124,7 +149,8 @@ class Healer(Service):
         free = int(self._slots.available_tokens)
         if free == 0:
             return None  # a finishing recovery wakes us
-        jobs = await self._claim(min(free, self._settings.batch_size))
+        jobs = await self._claim_probes()
+        jobs += await self._claim(min(free - len(jobs), self._settings.batch_size))
         assert self._recoveries is not None  # noqa: S101 - main() is the only caller
         for job in jobs:
             token = object()
@@ -146,15 +172,79 @@ class Healer(Service):
         async with anyio.create_task_group() as tg:
             for job in jobs:
                 tg.start_soon(heal, job)
-        if outcomes:
-            await self._store.record_outcomes(outcomes, self._owner)
-        return outcomes
+        settled = self._settle(outcomes)
+        if settled.outcomes:
+            await self._record(settled)
+        return list(settled.outcomes)
 
-    async def _claim(self, limit: int, record_ids: Sequence[uuid.UUID] | None = None) -> list[Job]:
+    async def _claim(
+        self,
+        limit: int,
+        record_ids: Sequence[uuid.UUID] | None = None,
+        probe_ids: Sequence[uuid.UUID] = (),
+    ) -> list[Job]:
+        if limit <= 0:
+            return []
         jobs = await self._store.claim_due(
-            limit, self._owner, self._settings.lease_seconds, self._thresholds, record_ids
+            limit,
+            self._owner,
+            self._settings.lease_seconds,
+            self._thresholds,
+            record_ids,
+            probe_ids,
         )
+        self._circuits.learn(jobs)
         return await self._with_services(jobs)
+
+    async def _claim_probes(self) -> list[Job]:
+        """One probe for each circuit due one, across daemons (see CLAIM_PROBES)."""
+        probes = await self._store.claim_probes(self._owner, self._probe_lease)
+        ids = [p.record_id for p in probes if p.record_id is not None]
+        for probe in probes:
+            log.info(
+                "circuit.probe",
+                service_name=probe.service_name,
+                user_id=str(probe.user_id) if probe.user_id else None,
+                failures_waiting=probe.waiting,
+            )
+        return await self._claim(len(ids), ids, ids) if ids else []
+
+    def _settle(self, outcomes: Sequence[Outcome]) -> Settled:
+        return settle(
+            outcomes,
+            self._thresholds,
+            self._circuits.policy,
+            now=self._clock(),
+            rand=self._rand(),
+        )
+
+    async def _record(self, settled: Settled) -> None:
+        """Write a settled batch, then tell this daemon's circuits and the log what it did."""
+        released = await self._store.record_outcomes(settled, self._owner)
+        self._circuits.written(settled)
+        await self._log_circuits(settled, released)
+
+    async def _log_circuits(self, settled: Settled, released: dict[str, int]) -> None:
+        names = {o.job.service_id: o.job.service_name for o in settled.outcomes}
+        users = {o.job.user_connection_id: o.job for o in settled.outcomes}
+        opened = [e.service_id for e in settled.effects.services if e.circuit is CircuitChange.OPEN]
+        waiting = await self._store.circuit_waiting(opened) if opened else {}
+        for effect in settled.effects.services:
+            name = names.get(effect.service_id, "")
+            if effect.circuit is CircuitChange.OPEN:
+                log.warning(
+                    "circuit.opened", service_name=name, failures_waiting=waiting.get(name, 0)
+                )
+            elif effect.circuit is CircuitChange.CLOSE and name in released:
+                log.info("circuit.closed", service_name=name, failures_released=released[name])
+        for user in settled.effects.user_connections:
+            job = users.get(user.user_connection_id)
+            if job is not None and user.circuit is CircuitChange.OPEN:
+                log.warning(
+                    "circuit.opened",
+                    service_name=job.service_name,
+                    user_connection_id=str(user.user_connection_id),
+                )
 
     async def _with_services(self, jobs: list[Job]) -> list[Job]:
         unknown = sorted({j.service_name for j in jobs if j.service_id is None})
@@ -203,6 +293,21 @@ class Healer(Service):
         )
         return outcome
 
+    async def _watch_targets(self) -> None:
+        """While recoveries run, what other daemons disabled or found down reaches them
+        within a second (each checks before its next request)."""
+        while True:
+            await anyio.sleep(1.0)
+            if self._slots.borrowed_tokens:
+                try:
+                    await self.refresh_targets()
+                except DatabaseUnavailable as exc:
+                    log.warning("healer.watch_failed", error=first_line(exc))
+
+    async def refresh_targets(self) -> None:
+        """Read what the database says is down or disabled (other daemons' decisions)."""
+        self._circuits.sync(await self._store.target_states())
+
     async def _renew_leases(self) -> None:
         every = self._settings.lease_seconds / 3
         while True:
@@ -225,7 +330,7 @@ class Healer(Service):
                         break
                 await retry_until_done(
                     "healer",
-                    partial(self._store.record_outcomes, batch, self._owner),
+                    partial(self._record, self._settle(batch)),
                     self._settings.reconnect_max_seconds,
                 )
                 self.wakeup.set()  # a new next_retry_at may be the earliest now

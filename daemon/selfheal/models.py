@@ -168,6 +168,7 @@ class Job:
     # Circuits: open, how many probes failed, when the next is due, and whether this job
     # is the probe.
     circuit_next_probe_at: datetime | None = None
+    circuit_counted_at: datetime | None = None  # a failed probe last counted
     service_circuit_open: bool = False
     service_failed_probes: int = 0
     user_connection_circuit_open: bool = False
@@ -255,6 +256,7 @@ class Outcome:
     held: bool = False  # waits behind an open circuit until it closes
     unhealed: bool = False  # healing ended without fixing it: counts towards thresholds
     probe_failed: bool = False  # this was a circuit's probe, and the service still fails
+    probe_counted: bool = False  # ...and that failure counts towards the thresholds
     opens_circuit: bool = False  # its replays found the service down: the circuit opens
     opens_user_circuit: bool = False  # its auth recovery failed: the user connection's
 
@@ -265,9 +267,9 @@ class Outcome:
     @property
     def counted(self) -> bool:
         """Whether thresholds count it: a failure once, when its healing first ends
-        without fixing it, and every failed probe (the failures waiting behind a circuit
-        count through it, not one by one)."""
-        return self.probe_failed or (self.unhealed and not self.job.counted_before)
+        without fixing it, and a failed probe (at most one a minute: the failures waiting
+        behind a circuit count through it, not one by one)."""
+        return self.probe_counted or (self.unhealed and not self.job.counted_before)
 
 
 class Recipe(enum.StrEnum):
@@ -304,6 +306,7 @@ class ServiceEffect:
     rate_limited_until: datetime | None = None
     circuit: CircuitChange | None = None
     next_probe_at: datetime | None = None
+    probe_counted: bool = False  # a failed probe counted: circuit_counted_at moves
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,6 +320,7 @@ class UserConnectionEffect:
     errored: bool = False  # last_error_at moves
     circuit: CircuitChange | None = None
     next_probe_at: datetime | None = None
+    probe_counted: bool = False
 
 
 @dataclass(frozen=True, slots=True)

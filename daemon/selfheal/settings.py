@@ -75,6 +75,7 @@ class Settings(BaseSettings):
     circuit_open_after: int = Field(default=5, ge=1)
     circuit_probe_base_seconds: float = Field(default=1.0, gt=0)
     circuit_probe_max_seconds: float = Field(default=10.0, gt=0)
+    circuit_count_interval_seconds: float = Field(default=60.0, ge=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
 
@@ -93,6 +94,7 @@ class Settings(BaseSettings):
             open_after=self.circuit_open_after,
             probe_base=min(self.circuit_probe_base_seconds, self.circuit_probe_max_seconds),
             probe_cap=self.circuit_probe_max_seconds,
+            count_every=self.circuit_count_interval_seconds,
         )
 
     @property

@@ -8,7 +8,9 @@ ALTER TABLE integrations_master
     ADD COLUMN IF NOT EXISTS circuit_failed_probes integer NOT NULL DEFAULT 0,
     ADD COLUMN IF NOT EXISTS circuit_next_probe_at timestamptz,
     ADD COLUMN IF NOT EXISTS circuit_probe_owner text,
-    ADD COLUMN IF NOT EXISTS circuit_probe_until timestamptz;
+    ADD COLUMN IF NOT EXISTS circuit_probe_until timestamptz,
+    -- When a failed probe last counted towards a threshold (at most one a minute).
+    ADD COLUMN IF NOT EXISTS circuit_counted_at timestamptz;
 
 ALTER TABLE user_integrations
     ADD COLUMN IF NOT EXISTS circuit_opened_at timestamptz,

@@ -22,6 +22,9 @@ FAST_PROBES = {
     "SELFHEAL_CIRCUIT_PROBE_BASE_SECONDS": "0.2",
     "SELFHEAL_CIRCUIT_PROBE_MAX_SECONDS": "0.5",
 }
+# ...and every failed probe counted (by default one a minute), so that "stays down" takes
+# seconds to reach the threshold too.
+COUNT_EVERY_PROBE = {**FAST_PROBES, "SELFHEAL_CIRCUIT_COUNT_INTERVAL_SECONDS": "0"}
 
 
 class Outage:
@@ -140,7 +143,7 @@ def test_a_service_that_stays_down_is_disabled_at_the_threshold_and_then_left_al
     outage = Outage()
     outage.hold.set()
     api.route("POST", "/v1/charges", outage)
-    daemon = DaemonProcess(db_url, **FAST_PROBES)
+    daemon = DaemonProcess(db_url, **COUNT_EVERY_PROBE)
     daemons.append(daemon)
     daemon.started()
     with psycopg.connect(db_url, autocommit=True) as conn:

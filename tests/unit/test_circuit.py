@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from selfheal.core.circuit import Breaker, CircuitPolicy, after_replay, probe_delay, service_down
+from selfheal.core.circuit import (
+    Breaker,
+    CircuitPolicy,
+    after_replay,
+    probe_counts,
+    probe_delay,
+    service_down,
+)
 from selfheal.models import ReplayResult
 
 POLICY = CircuitPolicy(open_after=3, probe_base=1.0, probe_cap=10.0)
@@ -66,6 +75,13 @@ def test_probes_go_out_at_growing_capped_intervals() -> None:
 @given(failed=st.integers(min_value=-5, max_value=10_000), rand=st.floats(0.0, 1.0))
 def test_a_probe_is_never_later_than_the_cap(failed: int, rand: float) -> None:
     assert 0.0 < probe_delay(failed, rand, POLICY) <= POLICY.probe_cap
+
+
+def test_a_failed_probe_counts_at_most_once_a_minute() -> None:
+    now = datetime(2026, 12, 3, 10, 0, tzinfo=UTC)
+    assert probe_counts(None, now, POLICY)  # the circuit's first
+    assert not probe_counts(now - timedelta(seconds=59), now, POLICY)
+    assert probe_counts(now - timedelta(seconds=60), now, POLICY)
 
 
 @pytest.mark.parametrize(

@@ -388,8 +388,11 @@ def test_failures_waiting_behind_a_circuit_count_only_through_its_probes() -> No
     ]
     assert {o.status for o in settled(waiting)} == {Status.PENDING}
     probe = at(60, threshold_count=8, service_circuit_open=True, probe=True)
-    [failed] = settled([planning.probe_failed(probe, 1, None, NOW)])
+    [failed] = settled([planning.probe_failed(probe, 1, None, NOW, counts=True)])
     assert failed.status is Status.DISABLED
+    # A failed probe that comes within a minute of the last counted one does not count.
+    [quick] = settled([planning.probe_failed(probe, 1, None, NOW, counts=False)])
+    assert quick.status is Status.PENDING and not quick.counted
 
 
 def test_a_failure_counts_once_however_often_it_is_retried() -> None:

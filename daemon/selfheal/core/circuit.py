@@ -5,27 +5,42 @@ the probe schedule and what counts as "the service is down"."""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from datetime import datetime
 
 from selfheal.core.retry import jitter
 from selfheal.models import ReplayResult
 
-__all__ = ["Breaker", "CircuitPolicy", "after_replay", "probe_delay", "service_down"]
+__all__ = [
+    "Breaker",
+    "CircuitPolicy",
+    "after_replay",
+    "probe_counts",
+    "probe_delay",
+    "service_down",
+]
 
 
 @dataclass(frozen=True, slots=True)
 class CircuitPolicy:
     """``open_after`` consecutive failed replays to a service open its circuit; probes then
-    go out after ``probe_base`` seconds, doubling each failed probe up to ``probe_cap``."""
+    go out after ``probe_base`` seconds, doubling each failed probe up to ``probe_cap``.
+    A failed probe counts towards the disable thresholds at most once per ``count_every``
+    seconds: probes are frequent so that a service that is back heals within seconds, and
+    a threshold such as "9 network failures" should mean minutes of outage, not nine quick
+    probes."""
 
     open_after: int = 5
     probe_base: float = 1.0
     probe_cap: float = 10.0
+    count_every: float = 60.0
 
     def __post_init__(self) -> None:
         if self.open_after < 1:
             raise ValueError("open_after must be at least 1")
         if not 0 < self.probe_base <= self.probe_cap:
             raise ValueError("probes need 0 < probe_base <= probe_cap")
+        if self.count_every < 0:
+            raise ValueError("count_every must be at least 0")
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,3 +74,9 @@ def probe_delay(failed_probes: int, rand: float, policy: CircuitPolicy) -> float
     [50%, 100%] so that daemons and services do not probe in step."""
     exponent = min(max(failed_probes, 0), 30)
     return jitter(min(policy.probe_cap, policy.probe_base * 2.0**exponent), rand)
+
+
+def probe_counts(last_counted: datetime | None, now: datetime, policy: CircuitPolicy) -> bool:
+    """Whether a failed probe counts towards the thresholds: the first of the circuit
+    does, then one per ``count_every`` seconds."""
+    return last_counted is None or (now - last_counted).total_seconds() >= policy.count_every

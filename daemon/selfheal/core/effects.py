@@ -126,6 +126,7 @@ def _circuit(
             effect,
             circuit=CircuitChange.PROBE_FAILED,
             next_probe_at=o.next_retry_at or _after(failed + 1, policy, now, rand),
+            probe_counted=o.probe_counted,
         )
     return effect
 

@@ -251,9 +251,12 @@ def auth_failed(
     )
 
 
-def probe_failed(job: Job, attempts: int, reason: str | None, next_probe_at: datetime) -> Outcome:
+def probe_failed(
+    job: Job, attempts: int, reason: str | None, next_probe_at: datetime, *, counts: bool
+) -> Outcome:
     """A circuit's probe found the service still failing: the job waits again, the next
-    probe is further off, and the failed probe counts towards the thresholds."""
+    probe is further off, and the failed probe counts towards the thresholds when
+    `counts` (see core/circuit.py's probe_counts)."""
     return Outcome(
         job,
         Status.PENDING,
@@ -263,6 +266,7 @@ def probe_failed(job: Job, attempts: int, reason: str | None, next_probe_at: dat
         reason=reason,
         held=True,
         probe_failed=True,
+        probe_counted=counts,
     )
 
 

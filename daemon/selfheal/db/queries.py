@@ -224,7 +224,7 @@ WITH enabled AS (
     SET auto_recovery_enabled = true, recovery_fail_count = 0, counters_reset_at = now(),
         disabled_reason = NULL, disabled_at = NULL, circuit_opened_at = NULL,
         circuit_failed_probes = 0, circuit_next_probe_at = NULL, circuit_probe_owner = NULL,
-        circuit_probe_until = NULL
+        circuit_probe_until = NULL, circuit_counted_at = NULL
     WHERE service_name = %(service_name)s
     RETURNING id
 ), forgotten AS (
@@ -324,6 +324,7 @@ SELECT c.id AS record_id, c.event_id, c.service_name, c.failure_category AS cate
        COALESCE(u.circuit_opened_at IS NOT NULL, false) AS user_connection_circuit_open,
        COALESCE(u.circuit_failed_probes, 0) AS user_connection_failed_probes,
        COALESCE(m.circuit_next_probe_at, u.circuit_next_probe_at) AS circuit_next_probe_at,
+       m.circuit_counted_at,
        c.id = ANY (%(probe_ids)s::uuid[]) AS probe,
        c.counted AS counted_before
 FROM claimed c
@@ -474,8 +475,10 @@ WITH o AS (
     SELECT * FROM unnest(
         %(service_ids)s::uuid[], %(service_reset)s::bool[], %(service_failed)s::int[],
         %(service_disable)s::text[], %(service_window)s::timestamptz[],
-        %(service_circuit)s::text[], %(service_next_probe)s::timestamptz[]
-    ) AS v(id, reset, failed, disable_reason, rate_limited_until, circuit, next_probe_at)
+        %(service_circuit)s::text[], %(service_next_probe)s::timestamptz[],
+        %(service_probe_counted)s::bool[]
+    ) AS v(id, reset, failed, disable_reason, rate_limited_until, circuit, next_probe_at,
+           probe_counted)
 ), services AS (
     UPDATE integrations_master m
     SET last_recovery_at = now(),
@@ -503,7 +506,12 @@ WITH o AS (
         circuit_probe_owner = CASE WHEN v.circuit IN ('probe_failed', 'close') THEN NULL
                                    ELSE m.circuit_probe_owner END,
         circuit_probe_until = CASE WHEN v.circuit IN ('probe_failed', 'close') THEN NULL
-                                   ELSE m.circuit_probe_until END
+                                   ELSE m.circuit_probe_until END,
+        circuit_counted_at = CASE
+            WHEN v.probe_counted THEN now()
+            WHEN v.circuit = 'close' OR (v.circuit = 'open' AND m.circuit_opened_at IS NULL)
+                THEN NULL
+            ELSE m.circuit_counted_at END
     FROM sv AS v, held
     WHERE m.id = v.id AND held.ok
 ), forgotten AS (

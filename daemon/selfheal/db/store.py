@@ -543,6 +543,7 @@ def _outcome_columns(settled: Settled) -> dict[str, list[Any]]:
         "service_window": [e.rate_limited_until for e in services],
         "service_circuit": [e.circuit and e.circuit.value for e in services],
         "service_next_probe": [e.next_probe_at for e in services],
+        "service_probe_counted": [e.probe_counted for e in services],
         "user_connection_ids": [e.user_connection_id for e in users],
         "user_connection_reset": [e.reset for e in users],
         "user_connection_failed": [e.failed for e in users],

@@ -15,7 +15,7 @@ from typing import Protocol
 import anyio
 
 from selfheal.core import plan as planning
-from selfheal.core.circuit import probe_delay
+from selfheal.core.circuit import probe_counts, probe_delay
 from selfheal.core.diagnose import replay_failure_reason
 from selfheal.core.ratelimit import SHORT_WAIT_LIMIT, rate_limit_wait
 from selfheal.core.retry import retry_delays
@@ -266,6 +266,7 @@ class Executor:
             visit.attempts,
             replay_failure_reason(job.service_name, result),
             self._next_probe(job.service_failed_probes + 1),
+            counts=probe_counts(job.circuit_counted_at, self._clock(), self._circuits.policy),
         )
 
     # --- network and unknown: backoff replays --------------------------------------------

@@ -47,3 +47,28 @@ CREATE INDEX IF NOT EXISTS user_integrations_attention_idx
 -- A success row resets what was counted: the trigger asks these first, cheaply.
 CREATE INDEX IF NOT EXISTS user_integrations_failing_idx
     ON user_integrations (integration_id, user_id) WHERE consecutive_failures > 0;
+
+-- The circuit columns after a change ('open', 'probe_failed', 'close', or NULL for none),
+-- for integrations_master and user_integrations alike. A circuit already open (another
+-- daemon opened it) keeps its probe schedule; a failed probe or a close frees its lease.
+CREATE OR REPLACE FUNCTION selfheal_circuit_after(
+    change text, opened timestamptz, failed integer, next_probe timestamptz,
+    owner text, owned_until timestamptz, new_next_probe timestamptz,
+    OUT circuit_opened_at timestamptz, OUT circuit_failed_probes integer,
+    OUT circuit_next_probe_at timestamptz, OUT circuit_probe_owner text,
+    OUT circuit_probe_until timestamptz
+) LANGUAGE sql STABLE AS $$
+    SELECT
+        CASE change WHEN 'open' THEN COALESCE(opened, now()) WHEN 'close' THEN NULL
+                    ELSE opened END,
+        CASE WHEN change = 'open' AND opened IS NULL THEN 0
+             WHEN change = 'probe_failed' THEN failed + 1
+             WHEN change = 'close' THEN 0
+             ELSE failed END,
+        CASE WHEN (change = 'open' AND opened IS NULL) OR change = 'probe_failed'
+                  THEN new_next_probe
+             WHEN change = 'close' THEN NULL
+             ELSE next_probe END,
+        CASE WHEN change IN ('probe_failed', 'close') THEN NULL ELSE owner END,
+        CASE WHEN change IN ('probe_failed', 'close') THEN NULL ELSE owned_until END
+$$;

@@ -84,12 +84,19 @@ def _count(conn: Conn, where: str) -> int:
     return int(row[0]) if row else 0
 
 
-def _records(conn: Conn) -> tuple[int, int]:
+def _all_resolved(conn: Conn, count: int) -> None:
+    """Wait until `count` failures are resolved, each with exactly one record."""
+    wait_until(
+        conn,
+        "SELECT count(*) FROM system_integrity_events WHERE status = 'resolved'",
+        (),
+        count,
+        timeout=60,
+    )
     row = conn.execute(
         "SELECT count(*), count(DISTINCT event_id) FROM system_integrity_events"
     ).fetchone()
-    assert row is not None
-    return int(row[0]), int(row[1])
+    assert row == (count, count)
 
 
 def _failed_probes(conn: Conn, service: str = "stripe") -> int:
@@ -115,14 +122,7 @@ def test_a_service_down_for_a_while_heals_every_failure_and_is_not_disabled(
         # Down through several probes: the failures wait, they do not replay on their own.
         wait_until(conn, "SELECT circuit_failed_probes >= 3 FROM integrations_master", (), True)
         received_while_down = outage.come_back()
-        wait_until(
-            conn,
-            "SELECT count(*) FROM system_integrity_events WHERE status = 'resolved'",
-            (),
-            len(ids),
-            timeout=60,
-        )
-        assert _records(conn) == (len(ids), len(ids))  # one record each, none twice
+        _all_resolved(conn, len(ids))
         row = conn.execute(
             "SELECT auto_recovery_enabled, circuit_opened_at FROM integrations_master"
         ).fetchone()
@@ -196,13 +196,6 @@ def test_two_daemons_probe_one_open_circuit_one_at_a_time(
         assert outage.peak_while_down == 1
         assert outage.while_down - probes_before >= 4
         outage.come_back()
-        wait_until(
-            conn,
-            "SELECT count(*) FROM system_integrity_events WHERE status = 'resolved'",
-            (),
-            len(ids),
-            timeout=60,
-        )
-        assert _records(conn) == (len(ids), len(ids))  # one record each, none twice
+        _all_resolved(conn, len(ids))
     for daemon in pair:
         assert daemon.terminate() == 0

@@ -490,23 +490,12 @@ WITH o AS (
         disabled_at = CASE WHEN v.disable_reason IS NOT NULL THEN now() ELSE m.disabled_at END,
         rate_limited_until = GREATEST(m.rate_limited_until, v.rate_limited_until),
         -- A circuit that another daemon opened already keeps its own probe schedule.
-        circuit_opened_at = CASE v.circuit WHEN 'open' THEN COALESCE(m.circuit_opened_at, now())
-                                           WHEN 'close' THEN NULL
-                                           ELSE m.circuit_opened_at END,
-        circuit_failed_probes = CASE
-            WHEN v.circuit = 'open' AND m.circuit_opened_at IS NULL THEN 0
-            WHEN v.circuit = 'probe_failed' THEN m.circuit_failed_probes + 1
-            WHEN v.circuit = 'close' THEN 0
-            ELSE m.circuit_failed_probes END,
-        circuit_next_probe_at = CASE
-            WHEN v.circuit = 'open' AND m.circuit_opened_at IS NULL THEN v.next_probe_at
-            WHEN v.circuit = 'probe_failed' THEN v.next_probe_at
-            WHEN v.circuit = 'close' THEN NULL
-            ELSE m.circuit_next_probe_at END,
-        circuit_probe_owner = CASE WHEN v.circuit IN ('probe_failed', 'close') THEN NULL
-                                   ELSE m.circuit_probe_owner END,
-        circuit_probe_until = CASE WHEN v.circuit IN ('probe_failed', 'close') THEN NULL
-                                   ELSE m.circuit_probe_until END,
+        (circuit_opened_at, circuit_failed_probes, circuit_next_probe_at, circuit_probe_owner,
+         circuit_probe_until) = (
+            SELECT * FROM selfheal_circuit_after(
+                v.circuit, m.circuit_opened_at, m.circuit_failed_probes,
+                m.circuit_next_probe_at, m.circuit_probe_owner, m.circuit_probe_until,
+                v.next_probe_at)),
         circuit_counted_at = CASE
             WHEN v.probe_counted THEN now()
             WHEN v.circuit = 'close' OR (v.circuit = 'open' AND m.circuit_opened_at IS NULL)
@@ -547,23 +536,12 @@ WITH o AS (
         auto_recovery_enabled = u.auto_recovery_enabled AND v.disable_reason IS NULL,
         disabled_reason = COALESCE(v.disable_reason, u.disabled_reason),
         disabled_at = CASE WHEN v.disable_reason IS NOT NULL THEN now() ELSE u.disabled_at END,
-        circuit_opened_at = CASE v.circuit WHEN 'open' THEN COALESCE(u.circuit_opened_at, now())
-                                           WHEN 'close' THEN NULL
-                                           ELSE u.circuit_opened_at END,
-        circuit_failed_probes = CASE
-            WHEN v.circuit = 'open' AND u.circuit_opened_at IS NULL THEN 0
-            WHEN v.circuit = 'probe_failed' THEN u.circuit_failed_probes + 1
-            WHEN v.circuit = 'close' THEN 0
-            ELSE u.circuit_failed_probes END,
-        circuit_next_probe_at = CASE
-            WHEN v.circuit = 'open' AND u.circuit_opened_at IS NULL THEN v.next_probe_at
-            WHEN v.circuit = 'probe_failed' THEN v.next_probe_at
-            WHEN v.circuit = 'close' THEN NULL
-            ELSE u.circuit_next_probe_at END,
-        circuit_probe_owner = CASE WHEN v.circuit IN ('probe_failed', 'close') THEN NULL
-                                   ELSE u.circuit_probe_owner END,
-        circuit_probe_until = CASE WHEN v.circuit IN ('probe_failed', 'close') THEN NULL
-                                   ELSE u.circuit_probe_until END
+        (circuit_opened_at, circuit_failed_probes, circuit_next_probe_at, circuit_probe_owner,
+         circuit_probe_until) = (
+            SELECT * FROM selfheal_circuit_after(
+                v.circuit, u.circuit_opened_at, u.circuit_failed_probes,
+                u.circuit_next_probe_at, u.circuit_probe_owner, u.circuit_probe_until,
+                v.next_probe_at))
     FROM uv AS v, held
     WHERE u.id = v.id AND held.ok
 ), released_users AS (

@@ -187,12 +187,19 @@ class Executor:
         delay = probe_delay(failed_probes, self._rand(), self._circuits.policy)
         return self._clock() + timedelta(seconds=delay)
 
-    def _schedule(self, job: Job) -> _Schedule:
+    def _schedule(self, job: Job, first_delay: float) -> _Schedule:
         # The backoff runs from the original failure (on a first visit): attempts go out
-        # at failure + 0.5 s, + 1.5 s, + 3.5 s, whatever recording and replaying took.
+        # at failure + 0.5 s, + 1.5 s, + 3.5 s, whatever recording and replaying took. A
+        # later visit (a deferred retry come due, a circuit that closed) has waited
+        # already: its first attempt goes at once, the rest keep their spacing.
         now = self._clock()
-        fresh = job.first_visit and now - job.failed_at < _FRESH_FAILURE
-        return _Schedule(job.failed_at if fresh else now, self._clock, self._sleep)
+        if job.first_visit and now - job.failed_at < _FRESH_FAILURE:
+            start = job.failed_at
+        elif job.first_visit:
+            start = now
+        else:
+            start = now - timedelta(seconds=first_delay)
+        return _Schedule(start, self._clock, self._sleep)
 
     def _later(
         self,
@@ -273,7 +280,7 @@ class Executor:
 
     async def _backoff(self, job: Job, visit: _Visit) -> Outcome:
         delays = retry_delays(job.category, self._rand)
-        schedule = self._schedule(job)
+        schedule = self._schedule(job, delays[0])
         for delay in delays:
             await schedule.wait(delay)
             result = await self._replay(job, visit, job.access_token, delay)
@@ -295,8 +302,9 @@ class Executor:
         if wait is not None and wait >= SHORT_WAIT_LIMIT:
             return planning.rate_limit_window(job, wait, 0, None, now=self._clock())
         server_wait = 0.0  # a short wait demanded by a replay's own 429
-        schedule = self._schedule(job)
-        for backoff in retry_delays(Category.RATE_LIMIT, self._rand, server_wait=wait):
+        backoffs = retry_delays(Category.RATE_LIMIT, self._rand, server_wait=wait)
+        schedule = self._schedule(job, backoffs[0])
+        for backoff in backoffs:
             delay = backoff + server_wait
             await schedule.wait(delay)
             result = await self._replay(job, visit, job.access_token, delay)
@@ -323,8 +331,9 @@ class Executor:
         if not job.oauth_config:
             return self._auth_failed(job, "no oauth_config for this service", visit)
         stale_before: datetime | None = job.failed_at
-        schedule = self._schedule(job)
-        for delay in retry_delays(Category.AUTH, self._rand)[:budget]:
+        delays = retry_delays(Category.AUTH, self._rand)[:budget]
+        schedule = self._schedule(job, delays[0])
+        for delay in delays:
             await schedule.wait(delay)
             try:
                 fresh = await self._fresh_token(job, stale_before)

@@ -259,6 +259,7 @@ class Outcome:
     probe_counted: bool = False  # ...and that failure counts towards the thresholds
     opens_circuit: bool = False  # its replays found the service down: the circuit opens
     opens_user_circuit: bool = False  # its auth recovery failed: the user connection's
+    closes_circuit: bool = False  # a probe found the service up (its request failed alone)
 
     @property
     def resolved(self) -> bool:

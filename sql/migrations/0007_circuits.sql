@@ -44,6 +44,14 @@ CREATE INDEX IF NOT EXISTS integrations_master_attention_idx
     ON integrations_master (id) WHERE circuit_opened_at IS NOT NULL OR NOT auto_recovery_enabled;
 CREATE INDEX IF NOT EXISTS user_integrations_attention_idx
     ON user_integrations (id) WHERE circuit_opened_at IS NOT NULL OR NOT auto_recovery_enabled;
+-- Successes the integrations wrote while something was counted, for the daemon to apply
+-- (append only: an integration's insert never waits on another's).
+CREATE TABLE IF NOT EXISTS selfheal_successes (
+    service_name text NOT NULL,
+    user_id uuid,
+    seen_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+
 -- A success row resets what was counted: the trigger asks these first, cheaply.
 CREATE INDEX IF NOT EXISTS user_integrations_failing_idx
     ON user_integrations (integration_id, user_id) WHERE consecutive_failures > 0;

@@ -17,27 +17,13 @@ BEGIN
     IF queued > 0 THEN
         PERFORM pg_notify(@FAILURES_CHANNEL@, queued::text);
     END IF;
-    -- A success the integration wrote itself breaks a run of failures: "consecutive"
-    -- thresholds start again. Only services (and user connections) with something
-    -- counted are touched, so the common insert of successes costs one index probe.
-    IF EXISTS (SELECT 1 FROM integrations_master WHERE recovery_fail_count > 0) THEN
-        WITH succeeded AS (
-            SELECT DISTINCT m.id
-            FROM selfheal_new_rows n JOIN integrations_master m ON m.service_name = n.service_name
-            WHERE n.status = 'success' AND m.recovery_fail_count > 0
-        ), forgotten AS (
-            DELETE FROM selfheal_unhealed x USING succeeded s WHERE x.service_id = s.id
-        )
-        UPDATE integrations_master m
-        SET recovery_fail_count = 0, counters_reset_at = now()
-        FROM succeeded s WHERE m.id = s.id;
-    END IF;
-    IF EXISTS (SELECT 1 FROM user_integrations WHERE consecutive_failures > 0) THEN
-        UPDATE user_integrations u SET consecutive_failures = 0
-        FROM selfheal_new_rows n JOIN integrations_master m ON m.service_name = n.service_name
-        WHERE n.status = 'success' AND n.user_id IS NOT NULL
-          AND u.integration_id = m.id AND u.user_id = n.user_id
-          AND u.consecutive_failures > 0;
+    -- A success the integration wrote itself breaks a run of failures: the daemon resets
+    -- the counts. Queued, not applied here, so that the integration's insert never waits
+    -- for (or deadlocks with) the daemon's own writes; and only while something is counted.
+    IF EXISTS (SELECT 1 FROM integrations_master WHERE recovery_fail_count > 0)
+       OR EXISTS (SELECT 1 FROM user_integrations WHERE consecutive_failures > 0) THEN
+        INSERT INTO selfheal_successes (service_name, user_id)
+        SELECT DISTINCT service_name, user_id FROM selfheal_new_rows WHERE status = 'success';
     END IF;
     RETURN NULL;
 END $$;

@@ -199,3 +199,70 @@ def test_two_daemons_probe_one_open_circuit_one_at_a_time(
         _all_resolved(conn, len(ids))
     for daemon in pair:
         assert daemon.terminate() == 0
+
+
+def test_a_probe_that_meets_a_failure_of_its_own_closes_the_circuit(
+    db_url: str, api: StubServer, daemons: list[DaemonProcess]
+) -> None:
+    outage = Outage()
+    gone = Outage()  # down with the service; once it is back, this one answers 404
+    api.route("POST", "/v1/charges", outage)
+    api.route("POST", "/v1/refunds/gone", lambda r: gone(r) if gone.down else Response(404))
+    daemon = DaemonProcess(db_url, **FAST_PROBES)
+    daemons.append(daemon)
+    daemon.started()
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        # The oldest waiting failure is one that can never succeed.
+        insert_failure(
+            conn,
+            service_name="stripe",
+            http_status=503,
+            error_code=None,
+            error_message="service unavailable",
+            endpoint=api.url + "/v1/refunds/gone",
+        )
+        ids = _failures(conn, api, 30)
+        daemon.wait_for("circuit.opened")
+        wait_until(conn, "SELECT circuit_failed_probes >= 2 FROM integrations_master", (), True)
+        outage.come_back()
+        gone.come_back()
+        wait_until(
+            conn,
+            "SELECT count(*) FROM system_integrity_events WHERE status = 'resolved'",
+            (),
+            len(ids),
+            timeout=60,
+        )
+        row = conn.execute("SELECT circuit_opened_at FROM integrations_master").fetchone()
+        assert row == (None,)
+    assert daemon.terminate() == 0
+
+
+def test_more_circuits_due_a_probe_than_free_slots_do_not_stop_the_daemon(
+    db_url: str, api: StubServer, daemons: list[DaemonProcess]
+) -> None:
+    outage = Outage()
+    api.route("POST", "/v1/charges", outage)
+    daemon = DaemonProcess(db_url, SELFHEAL_MAX_RECOVERIES="1", **FAST_PROBES)
+    daemons.append(daemon)
+    daemon.started()
+    services = ("stripe", "slack", "teams")
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        ids = [i for name in services for i in _failures(conn, api, 6, service=name)]
+        wait_until(
+            conn,
+            "SELECT count(*) FROM integrations_master WHERE circuit_failed_probes >= 1",
+            (),
+            len(services),
+            timeout=60,
+        )
+        outage.come_back()
+        wait_until(
+            conn,
+            "SELECT count(*) FROM system_integrity_events WHERE status = 'resolved'",
+            (),
+            len(ids),
+            timeout=60,
+        )
+    assert not daemon.events("daemon.crashed")
+    assert daemon.terminate() == 0

@@ -695,3 +695,51 @@ async def test_a_row_pointing_at_the_metadata_address_sends_nothing_and_opens_no
         "SELECT circuit_opened_at, recovery_fail_count FROM integrations_master"
     ).fetchone()
     assert row == (None, 0)
+
+
+async def test_a_disabled_user_connection_gets_no_request_with_its_token(
+    harness: Harness,
+) -> None:
+    harness.api.route("POST", "/api/chat.postMessage", Response(200, {"ok": True}))
+    service_id = harness.register()
+    user_id = harness.connect_user(service_id, access_token="at-disabled-user")
+    harness.conn.execute("UPDATE user_integrations SET auto_recovery_enabled = false")
+    event_id = harness.failure(user_id=user_id, http_status=503)
+    await harness.heal()
+    assert harness.api.requests() == []
+    assert harness.record(event_id)["status"] == "disabled"
+
+
+async def test_a_circuit_another_daemon_closed_lets_this_daemons_failures_go(
+    harness: Harness,
+) -> None:
+    harness.api.route("POST", "/api/chat.postMessage", Response(503))
+    harness.register()
+    ids = [harness.failure(http_status=503) for _ in range(10)]
+    await harness.heal()  # this daemon opens the circuit; the failures wait
+    # Another daemon's probe succeeded: it closed the circuit and released the failures.
+    harness.conn.execute(
+        "UPDATE integrations_master SET circuit_opened_at = NULL, circuit_next_probe_at = NULL"
+    )
+    harness.conn.execute(
+        "UPDATE system_integrity_events SET held_by_circuit = false, next_retry_at = now()"
+    )
+    harness.api.route("POST", "/api/chat.postMessage", Response(200, {"ok": True}))
+    await harness.heal()
+    assert {harness.record(i)["status"] for i in ids} == {"resolved"}
+
+
+async def test_failures_held_by_a_circuit_that_is_gone_are_released(harness: Harness) -> None:
+    harness.api.route("POST", "/api/chat.postMessage", Response(200, {"ok": True}))
+    harness.register()
+    event_id = harness.failure(http_status=503)
+    await harness.store.claim(10, 60)  # recorded below by hand, as a stranded waiter
+    harness.conn.execute(
+        "INSERT INTO system_integrity_events (event_id, service_name, failure_category, "
+        "status, held_by_circuit, next_retry_at) "
+        "VALUES (%s, 'slack', 'network', 'pending', true, now() + interval '1 day')",
+        (event_id,),
+    )
+    await harness.healer.heal_now([])  # tidies: the circuit is closed, the failure is due
+    record = harness.record(event_id)
+    assert record["held_by_circuit"] is False and record["next_retry_at"] <= datetime.now(UTC)

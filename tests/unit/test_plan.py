@@ -91,11 +91,13 @@ def test_a_disabled_service_gets_no_request() -> None:
     assert planned.outcome.action == "recovery disabled for stripe"
 
 
-def test_a_disabled_user_connection_stops_only_auth_recoveries() -> None:
-    auth = planning.plan(job(Category.AUTH, user_connection_enabled=False), None)
-    assert auth.outcome is not None and auth.outcome.status is Status.DISABLED
-    network = planning.plan(job(user_connection_enabled=False), None)
-    assert network.recipe is Recipe.BACKOFF
+def test_a_disabled_user_connection_gets_no_request_whatever_the_category() -> None:
+    disabled = {"user_connection_id": USER_CONNECTION, "user_connection_enabled": False}
+    for category in (Category.AUTH, Category.NETWORK, Category.RATE_LIMIT):
+        planned = planning.plan(job(category, **disabled), None)
+        assert planned.outcome is not None and planned.outcome.status is Status.DISABLED
+    # A failure of another user (or of none) of the same service goes on.
+    assert planning.plan(job(), None).recipe is Recipe.BACKOFF
 
 
 def test_an_open_circuit_holds_a_job_without_a_request() -> None:
@@ -125,7 +127,10 @@ TOKEN = {"access_token": "at-1", "user_connection_id": USER_CONNECTION}
     ("endpoint", "allowed", "sent"),
     [
         ("https://api.stripe.com/v1/charges", ("api.stripe.com",), True),
-        ("https://API.Stripe.com:8443/v1", ("api.stripe.com",), True),  # a name allows any port
+        ("https://API.Stripe.com/v1", ("api.stripe.com",), True),  # names are case-blind
+        ("https://api.stripe.com:8443/v1", ("api.stripe.com",), False),  # a name: 443 only
+        ("http://api.stripe.com/v1", ("api.stripe.com",), False),  # never in cleartext
+        ("https://api.stripe.com:8443/v1", ("api.stripe.com:8443",), True),
         ("https://api.stripe.com:8443/v1", ("api.stripe.com:443",), False),
         ("https://api.stripe.com/v1", ("api.stripe.com:443",), True),  # the default port
         ("http://127.0.0.1:9000/x", ("127.0.0.1:9000",), True),
@@ -212,28 +217,33 @@ def test_a_rate_limit_window_holds_the_service() -> None:
 
 
 def test_auth_failures_disable_the_user_connection_at_its_threshold() -> None:
-    below = planning.auth_failed(
-        job(Category.AUTH, user_connection_id=USER_CONNECTION, user_connection_failures=1),
-        "still unauthorized",
-        3,
-        None,
-        Thresholds(),
-    )
+    def failed(failures: int) -> Outcome:
+        refreshed = job(
+            Category.AUTH, user_connection_id=USER_CONNECTION, user_connection_failures=failures
+        )
+        return planning.auth_failed(refreshed, "still unauthorized", 3, None)
+
+    [below] = settled([failed(1)])
     assert (below.status, below.user_connection_failed) == (Status.PENDING, True)
-    at = planning.auth_failed(
-        job(Category.AUTH, user_connection_id=USER_CONNECTION, user_connection_failures=2),
-        "still unauthorized",
-        3,
-        None,
-        Thresholds(),
-    )
+    [at] = settled([failed(2)])
     assert at.status is Status.DISABLED
     assert at.disable_user_connection == "3 consecutive auth failures after refresh attempts"
     assert at.action == "still unauthorized; user connection disabled"
 
 
+def test_concurrent_auth_failures_of_one_user_connection_count_one_by_one() -> None:
+    same = {"user_connection_id": USER_CONNECTION, "user_connection_failures": 0}
+    outcomes = settled(
+        [
+            planning.auth_failed(at(n, category=Category.AUTH, **same), "no", 3, None)
+            for n in range(4)
+        ]
+    )
+    assert [o.status for o in outcomes] == [Status.PENDING] * 2 + [Status.DISABLED] * 2
+
+
 def test_an_auth_failure_without_a_user_connection_counts_against_nothing() -> None:
-    outcome = planning.auth_failed(job(Category.AUTH), "no user connection", 0, None, Thresholds())
+    outcome = planning.auth_failed(job(Category.AUTH), "no user connection", 0, None)
     assert (outcome.status, outcome.user_connection_failed) == (Status.PENDING, False)
 
 
@@ -357,11 +367,7 @@ def test_a_failed_probe_pushes_the_next_one_further_off() -> None:
 
 def test_an_auth_failure_opens_only_its_user_connections_circuit() -> None:
     failed = planning.auth_failed(
-        job(Category.AUTH, user_connection_id=USER_CONNECTION),
-        "still unauthorized",
-        3,
-        None,
-        Thresholds(),
+        job(Category.AUTH, user_connection_id=USER_CONNECTION), "still unauthorized", 3, None
     )
     effects = fold([failed])
     assert effects.services == (ServiceEffect(SERVICE),)

@@ -36,12 +36,29 @@ def settle(
 ) -> Settled:
     """The thresholds' verdict, in the order the failures arrived: each counted failure
     (see Outcome.counted) adds one to its service's count for its category, and the one
-    that reaches the threshold disables the service. Auth counts per user connection
-    (core/plan.py's auth_failed). Then the effects of what is left."""
+    that reaches the threshold disables the service. Auth failures count per user
+    connection (consecutive), and disable it the same way. Then the effects of what is
+    left."""
     running: dict[tuple[uuid.UUID, Category], int] = {}
+    users: dict[uuid.UUID, int] = {}
     settled: list[Outcome] = []
     for o in sorted(outcomes, key=lambda o: o.job.failed_at):
         job = o.job
+        if o.user_connection_failed and job.user_connection_id is not None:
+            count = max(users.get(job.user_connection_id, 0), job.user_connection_failures) + 1
+            users[job.user_connection_id] = count
+            if o.status is not Status.DISABLED and crosses_threshold(
+                Category.AUTH, count, thresholds
+            ):
+                reason = threshold_reason(Category.AUTH, thresholds)
+                o = replace(
+                    o,
+                    status=Status.DISABLED,
+                    action=f"{o.action}; user connection disabled",
+                    disable_user_connection=reason,
+                    next_retry_at=None,
+                    held=False,
+                )
         if o.counted and job.service_id is not None and job.category is not Category.AUTH:
             key = (job.service_id, job.category)
             count = max(running.get(key, 0), job.threshold_count) + 1
@@ -110,7 +127,7 @@ def _circuit(
     """The circuit change an outcome makes (a later outcome of the batch overrides an
     earlier one); the next probe when the outcome's own next_retry_at does not say."""
     job = o.job
-    if o.resolved:
+    if o.resolved or (service and o.closes_circuit):
         return replace(effect, circuit=CircuitChange.CLOSE, next_probe_at=None)
     if o.opens_circuit if service else o.opens_user_circuit:
         return replace(

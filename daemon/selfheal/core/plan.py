@@ -10,7 +10,6 @@ from datetime import datetime, timedelta
 from urllib.parse import urlsplit
 
 from selfheal.core.retry import schedule_retry
-from selfheal.core.thresholds import Thresholds, crosses_threshold, threshold_reason
 from selfheal.models import Category, Job, Outcome, Plan, Recipe, Status
 
 __all__ = [
@@ -66,7 +65,8 @@ def plan(job: Job, replay_problem: str | None) -> Plan:
         return _decided(job, Status.PENDING, "the event was deleted; nothing to replay")
     if not job.service_enabled:
         return _decided(job, Status.DISABLED, f"recovery disabled for {job.service_name}")
-    if job.category is Category.AUTH and not job.user_connection_enabled:
+    if job.user_connection_id is not None and not job.user_connection_enabled:
+        # A disabled user connection gets no request at all, whatever the category.
         return _decided(job, Status.DISABLED, "recovery disabled for this user connection")
     recipe = _RECIPES.get(job.category)
     if recipe is None:  # data: the same payload cannot succeed; it counts at once
@@ -106,7 +106,7 @@ def token_refused(job: Job) -> str | None:
 
 
 def endpoint_host(url: str) -> tuple[str, int | None] | None:
-    """(host, port) of an absolute URL: the port as given, or the scheme's default."""
+    """(host, port) of a URL: the port as given, or the scheme's default (443 for https)."""
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -118,7 +118,8 @@ def endpoint_host(url: str) -> tuple[str, int | None] | None:
 
 
 def host_allowed(host: tuple[str, int | None], allowed: tuple[str, ...] | None) -> bool:
-    """Whether `allowed` lists the host: `name` allows any port, `name:port` that one."""
+    """Whether `allowed` lists the host: `name` allows it over https (port 443), and
+    `name:port` that port; a token never goes over plain http unless a port says so."""
     name, port = host
     for entry in allowed or ():
         try:
@@ -126,7 +127,7 @@ def host_allowed(host: tuple[str, int | None], allowed: tuple[str, ...] | None) 
             listed_port = listed.port
         except ValueError:  # an entry that is no host[:port]: it allows nothing
             continue
-        if (listed.hostname or "").lower() == name and listed_port in (None, port):
+        if (listed.hostname or "").lower() == name and (listed_port or 443) == port:
             return True
     return False
 
@@ -217,26 +218,12 @@ def rate_limit_window(
     )
 
 
-def auth_failed(
-    job: Job, action: str, attempts: int, reason: str | None, thresholds: Thresholds
-) -> Outcome:
-    """An auth recovery that did not heal: counts against the user connection (and opens
-    its circuit: its other auth failures wait for a probe), and disables it at the
-    threshold."""
+def auth_failed(job: Job, action: str, attempts: int, reason: str | None) -> Outcome:
+    """An auth recovery that did not heal: it counts against the user connection (the
+    thresholds' verdict is settle()'s, in core/effects.py) and opens its circuit: its other
+    auth failures wait for a probe."""
     if job.user_connection_id is None:
         return Outcome(job, Status.PENDING, action, attempts=attempts, reason=reason, unhealed=True)
-    failures = job.user_connection_failures + 1
-    if crosses_threshold(Category.AUTH, failures, thresholds):
-        return Outcome(
-            job,
-            Status.DISABLED,
-            f"{action}; user connection disabled",
-            attempts=attempts,
-            reason=reason,
-            disable_user_connection=threshold_reason(Category.AUTH, thresholds),
-            user_connection_failed=True,
-            unhealed=True,
-        )
     return Outcome(
         job,
         Status.PENDING,

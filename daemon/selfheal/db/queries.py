@@ -341,10 +341,8 @@ LEFT JOIN LATERAL (
 # user connection row, so that no two daemons probe one at once) and the oldest failure
 # waiting behind it, which the claim then leases as the probe.
 CLAIM_PROBES: LiteralString = """
-WITH services AS (
-    UPDATE integrations_master m
-    SET circuit_probe_owner = %(owner)s,
-        circuit_probe_until = now() + make_interval(secs => %(lease_seconds)s)
+WITH due_services AS (
+    SELECT m.id FROM integrations_master m
     WHERE m.circuit_opened_at IS NOT NULL AND m.circuit_next_probe_at <= now()
       AND (m.circuit_probe_until IS NULL OR m.circuit_probe_until < now())
       AND m.auto_recovery_enabled
@@ -352,13 +350,19 @@ WITH services AS (
                   WHERE s.service_name = m.service_name
                     AND s.held_by_circuit AND s.status = 'pending'
                     AND (s.lease_expires_at IS NULL OR s.lease_expires_at < now()))
-    RETURNING m.service_name, NULL::uuid AS user_id
-), users AS (
-    UPDATE user_integrations u
+    ORDER BY m.circuit_next_probe_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), services AS (
+    UPDATE integrations_master m
     SET circuit_probe_owner = %(owner)s,
         circuit_probe_until = now() + make_interval(secs => %(lease_seconds)s)
-    FROM integrations_master m
-    WHERE m.id = u.integration_id AND m.circuit_opened_at IS NULL
+    FROM due_services d WHERE m.id = d.id
+    RETURNING m.service_name, NULL::uuid AS user_id
+), due_users AS (
+    SELECT u.id FROM user_integrations u
+    JOIN integrations_master m ON m.id = u.integration_id
+    WHERE m.circuit_opened_at IS NULL
       AND u.circuit_opened_at IS NOT NULL AND u.circuit_next_probe_at <= now()
       AND (u.circuit_probe_until IS NULL OR u.circuit_probe_until < now())
       AND u.auto_recovery_enabled AND m.auto_recovery_enabled
@@ -366,22 +370,70 @@ WITH services AS (
                   WHERE s.service_name = m.service_name AND s.user_id = u.user_id
                     AND s.held_by_circuit AND s.status = 'pending'
                     AND (s.lease_expires_at IS NULL OR s.lease_expires_at < now()))
+    ORDER BY u.circuit_next_probe_at
+    LIMIT %(limit)s
+    FOR UPDATE OF u SKIP LOCKED
+), users AS (
+    UPDATE user_integrations u
+    SET circuit_probe_owner = %(owner)s,
+        circuit_probe_until = now() + make_interval(secs => %(lease_seconds)s)
+    FROM due_users d, integrations_master m
+    WHERE u.id = d.id AND m.id = u.integration_id
     RETURNING m.service_name, u.user_id
 )
 SELECT p.service_name, p.user_id, w.id AS record_id, w.waiting
 FROM (SELECT * FROM services UNION ALL SELECT * FROM users) AS p
 CROSS JOIN LATERAL (
+    -- The probe is the failure that waited longest since it was last tried, so that one
+    -- failure that cannot succeed does not stand for the whole circuit.
     SELECT (SELECT s.id FROM system_integrity_events s
             WHERE s.service_name = p.service_name
               AND (p.user_id IS NULL OR s.user_id = p.user_id)
               AND s.held_by_circuit AND s.status = 'pending'
               AND (s.lease_expires_at IS NULL OR s.lease_expires_at < now())
-            ORDER BY s.created_at LIMIT 1) AS id,
+            ORDER BY s.next_retry_at NULLS FIRST, s.created_at LIMIT 1) AS id,
            (SELECT count(*) FROM system_integrity_events s
             WHERE s.service_name = p.service_name
               AND (p.user_id IS NULL OR s.user_id = p.user_id)
               AND s.held_by_circuit AND s.status = 'pending') AS waiting
 ) AS w
+"""
+
+# A safety net: failures held although no circuit holds them any more (it closed while
+# they were being recorded as waiting) are due again.
+RELEASE_STRANDED: LiteralString = """
+UPDATE system_integrity_events s SET held_by_circuit = false, next_retry_at = now()
+FROM integrations_master m
+WHERE s.held_by_circuit AND s.status = 'pending'
+  AND (s.lease_expires_at IS NULL OR s.lease_expires_at < now())
+  AND m.service_name = s.service_name AND m.circuit_opened_at IS NULL
+  AND NOT EXISTS (SELECT 1 FROM user_integrations u
+                  WHERE u.integration_id = m.id AND u.user_id = s.user_id
+                    AND u.circuit_opened_at IS NOT NULL AND s.failure_category = 'auth')
+"""
+
+# Successes the integrations wrote (queued by the trigger) break the runs of failures
+# counted before them: consecutive thresholds start again.
+APPLY_SUCCESSES: LiteralString = """
+WITH seen AS (
+    DELETE FROM selfheal_successes RETURNING service_name, user_id, seen_at
+), services AS (
+    SELECT m.id, max(s.seen_at) AS seen_at
+    FROM seen s JOIN integrations_master m ON m.service_name = s.service_name
+    GROUP BY m.id
+), forgotten AS (
+    DELETE FROM selfheal_unhealed x USING services v
+    WHERE x.service_id = v.id AND x.at <= v.seen_at
+), counters AS (
+    UPDATE integrations_master m SET recovery_fail_count = 0, counters_reset_at = v.seen_at
+    FROM services v WHERE m.id = v.id AND m.recovery_fail_count > 0
+), users AS (
+    UPDATE user_integrations u SET consecutive_failures = 0
+    FROM seen s JOIN integrations_master m ON m.service_name = s.service_name
+    WHERE s.user_id IS NOT NULL AND u.integration_id = m.id AND u.user_id = s.user_id
+      AND u.consecutive_failures > 0
+)
+SELECT count(*) FROM seen
 """
 
 # What the database says is down or disabled, for the recoveries in flight (partial

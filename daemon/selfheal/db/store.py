@@ -361,13 +361,21 @@ class Store:
         )
         return {str(name): int(count) for name, count in released.items()}
 
-    async def claim_probes(self, owner: str, lease_seconds: float) -> list[ProbeClaim]:
-        """Take the probe of every circuit that is due one (see CLAIM_PROBES)."""
+    async def claim_probes(self, owner: str, lease_seconds: float, limit: int) -> list[ProbeClaim]:
+        """Take the probe of circuits that are due one, at most `limit` of each kind (see
+        CLAIM_PROBES)."""
         return await self._fetchall(
             queries.CLAIM_PROBES,
-            {"owner": owner, "lease_seconds": lease_seconds},
+            {"owner": owner, "lease_seconds": lease_seconds, "limit": limit},
             class_row(ProbeClaim),
         )
+
+    async def tidy_circuits(self) -> int:
+        """Release failures no circuit holds any more, and apply the successes the
+        integrations wrote; how many successes."""
+        await self._execute(queries.RELEASE_STRANDED, {})
+        [(successes,)] = await self._fetchall(queries.APPLY_SUCCESSES, {}, tuple_row)
+        return int(successes)
 
     async def target_states(self) -> list[TargetState]:
         return await self._fetchall(queries.TARGET_STATES, {}, class_row(TargetState))

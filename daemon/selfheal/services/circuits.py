@@ -42,8 +42,8 @@ class Circuits:
         an open circuit allows."""
         if job.service_name in self._disabled_services:
             return Stop.SERVICE_DISABLED
-        if job.category is Category.AUTH and job.user_connection_id in self._disabled_users:
-            return Stop.USER_CONNECTION_DISABLED
+        if job.user_connection_id in self._disabled_users:
+            return Stop.USER_CONNECTION_DISABLED  # no request at all, with its token or not
         if job.probe:
             return None
         if job.service_name in self._open_services or self._breaker(job).open:
@@ -53,7 +53,10 @@ class Circuits:
         return None
 
     def replayed(self, job: Job, result: ReplayResult) -> bool:
-        """Feed one replay's answer; True when it is the one that opened the circuit."""
+        """Feed one replay's answer; True when it is the one that opened the circuit. A
+        probe's answer goes to the database's circuit, not to this daemon's breaker."""
+        if job.probe:
+            return False
         before = self._breaker(job)
         after = after_replay(before, result, self.policy)
         self._breakers[job.service_name] = after
@@ -93,9 +96,10 @@ class Circuits:
             name = names[service.service_id]
             if service.disable_reason is not None:
                 self._disabled_services.add(name)
+            if service.circuit is not None:
+                self._breakers.pop(name, None)  # the database holds the circuit now
             if service.circuit is CircuitChange.OPEN:
                 self._open_services.add(name)
-                self._breakers.pop(name, None)  # the database holds it now
             elif service.circuit is CircuitChange.CLOSE:
                 self._open_services.discard(name)
         for user in effects.user_connections:

@@ -15,11 +15,10 @@ from typing import Protocol
 import anyio
 
 from selfheal.core import plan as planning
-from selfheal.core.circuit import probe_counts, probe_delay
+from selfheal.core.circuit import probe_counts, probe_delay, service_down
 from selfheal.core.diagnose import replay_failure_reason
 from selfheal.core.ratelimit import SHORT_WAIT_LIMIT, rate_limit_wait
 from selfheal.core.retry import retry_delays
-from selfheal.core.thresholds import Thresholds
 from selfheal.http.clients import HttpClients
 from selfheal.http.oauth import RefreshFailed, refresh_access_token
 from selfheal.http.replay import ADDRESS_REFUSED, ReplayRequest, replay, replayable
@@ -124,7 +123,6 @@ class Executor:
         self,
         clients: HttpClients,
         tokens: TokenStore,
-        thresholds: Thresholds,
         limits: RequestLimits,
         circuits: Circuits,
         *,
@@ -135,7 +133,6 @@ class Executor:
     ) -> None:
         self._clients = clients
         self._tokens = tokens
-        self._thresholds = thresholds
         self._limits = limits
         self._circuits = circuits
         self._max_wait = max_wait
@@ -268,6 +265,11 @@ class Executor:
         result = await self._replay(job, visit, job.access_token, 0.0)
         if result.succeeded:
             return planning.resolved(job, visit.attempts, "probe succeeded: replayed", 0.0)
+        if not service_down(result):
+            # The service answered: it is up, and this failure is the request's own. The
+            # circuit closes; the failure is settled by its own category.
+            answered = self._later(job, job.category, "the probe's own request failed", visit)
+            return replace(answered, closes_circuit=True)
         return planning.probe_failed(
             job,
             visit.attempts,
@@ -415,7 +417,7 @@ class Executor:
 
     def _auth_failed(self, job: Job, action: str, visit: _Visit) -> Outcome:
         reason = replay_failure_reason(job.service_name, visit.result)
-        return planning.auth_failed(job, action, visit.attempts, reason, self._thresholds)
+        return planning.auth_failed(job, action, visit.attempts, reason)
 
 
 class _Schedule:

@@ -63,7 +63,6 @@ async def open_healer(
         executor = Executor(
             clients,
             store,
-            thresholds,
             RequestLimits(settings.max_concurrency, settings.service_concurrency),
             circuits,
             max_wait=settings.max_retry_wait_seconds,
@@ -122,6 +121,7 @@ class Healer(Service):
         self._probe_lease = 3 * settings.http_timeout_seconds
         self._slots = anyio.CapacityLimiter(settings.max_recoveries)
         self._registration_warned = False
+        self._tidied_at = self._probed_at = -math.inf
         self._recoveries: TaskGroup | None = None
         self._outcomes: MemoryObjectSendStream[Outcome] | None = None
 
@@ -149,7 +149,8 @@ class Healer(Service):
         free = int(self._slots.available_tokens)
         if free == 0:
             return None  # a finishing recovery wakes us
-        jobs = await self._claim_probes()
+        await self._tidy()
+        jobs = await self._claim_probes(free)
         jobs += await self._claim(min(free - len(jobs), self._settings.batch_size))
         assert self._recoveries is not None  # noqa: S101 - main() is the only caller
         for job in jobs:
@@ -163,6 +164,7 @@ class Healer(Service):
 
     async def heal_now(self, record_ids: Sequence[uuid.UUID]) -> list[Outcome]:
         """Recover the named records now, those pending and due (`heal`, `scan`)."""
+        await self._store.tidy_circuits()
         jobs = await self._claim(len(record_ids), record_ids)
         outcomes: list[Outcome] = []
 
@@ -196,10 +198,23 @@ class Healer(Service):
         self._circuits.learn(jobs)
         return await self._with_services(jobs)
 
-    async def _claim_probes(self) -> list[Job]:
-        """One probe for each circuit due one, across daemons (see CLAIM_PROBES)."""
-        probes = await self._store.claim_probes(self._owner, self._probe_lease)
-        ids = [p.record_id for p in probes if p.record_id is not None]
+    async def _tidy(self) -> None:
+        """At most once a second: successes the integrations wrote reset the counts, and
+        failures no circuit holds any more are due again."""
+        now = anyio.current_time()
+        if now - self._tidied_at >= 1.0:
+            self._tidied_at = now
+            await self._store.tidy_circuits()
+
+    async def _claim_probes(self, free: int) -> list[Job]:
+        """One probe for each circuit due one, across daemons (see CLAIM_PROBES); asked at
+        most five times a second, so that a busy healer does not pay a round trip a step."""
+        now = anyio.current_time()
+        if now - self._probed_at < 0.2:
+            return []
+        self._probed_at = now
+        probes = await self._store.claim_probes(self._owner, self._probe_lease, free)
+        ids = [p.record_id for p in probes if p.record_id is not None][:free]
         for probe in probes:
             log.info(
                 "circuit.probe",

@@ -566,11 +566,15 @@ WITH o AS (
          AS c(service_id, category), held
     WHERE held.ok
 ), released AS (
-    -- A closed circuit lets its waiting failures go, oldest first, at once.
+    -- A closed circuit lets its waiting failures go, oldest first, at once; and the
+    -- network failures that spent their attempts before it opened (their deferred retry
+    -- would come later): the service is back.
     UPDATE system_integrity_events s SET held_by_circuit = false, next_retry_at = now()
     FROM integrations_master m, sv AS v, held
     WHERE v.circuit = 'close' AND m.id = v.id AND held.ok
-      AND s.service_name = m.service_name AND s.held_by_circuit AND s.status = 'pending'
+      AND s.service_name = m.service_name AND s.status = 'pending'
+      AND (s.held_by_circuit
+           OR (s.failure_category IN ('network', 'unknown') AND s.next_retry_at > now()))
       AND s.id <> ALL (%(record_ids)s::uuid[])
     RETURNING s.service_name
 ), uv AS (

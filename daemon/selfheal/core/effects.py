@@ -127,8 +127,13 @@ def _circuit(
     """The circuit change an outcome makes (a later outcome of the batch overrides an
     earlier one); the next probe when the outcome's own next_retry_at does not say."""
     job = o.job
+    was_open = job.service_circuit_open if service else job.user_connection_circuit_open
     if o.resolved or (service and o.closes_circuit):
-        return replace(effect, circuit=CircuitChange.CLOSE, next_probe_at=None)
+        # Only a circuit that is open (or opened earlier in this batch) has to close: a
+        # close costs the write a look for the failures it releases.
+        if was_open or effect.circuit is CircuitChange.OPEN:
+            return replace(effect, circuit=CircuitChange.CLOSE, next_probe_at=None)
+        return effect
     if o.opens_circuit if service else o.opens_user_circuit:
         return replace(
             effect,

@@ -571,7 +571,7 @@ WITH o AS (
     -- would come later): the service is back.
     UPDATE system_integrity_events s SET held_by_circuit = false, next_retry_at = now()
     FROM integrations_master m, sv AS v, held
-    WHERE v.circuit = 'close' AND m.id = v.id AND held.ok
+    WHERE v.circuit = 'close' AND m.id = v.id AND held.ok AND m.circuit_opened_at IS NOT NULL
       AND s.service_name = m.service_name AND s.status = 'pending'
       AND (s.held_by_circuit
            OR (s.failure_category IN ('network', 'unknown') AND s.next_retry_at > now()))

@@ -276,24 +276,12 @@ RETURNING id
 
 # --- recovery ---------------------------------------------------------------------------
 
-# Lease due records (not in their service's rate-limit window) with everything recovery
-# needs, as the columns of models.Job. `threshold_count` counts the service's failures of
-# the same category up to this one, since the counters were last reset (within the window
-# for network), capped: the number core/thresholds.py decides on.
-CLAIM_DUE: LiteralString = """
-WITH due AS (
-    SELECT s.id
-    FROM system_integrity_events s
-    LEFT JOIN integrations_master m ON m.service_name = s.service_name
-    WHERE s.status = 'pending'
-      AND ((s.next_retry_at <= now() AND NOT s.held_by_circuit)
-           OR s.id = ANY (%(probe_ids)s::uuid[]))
-      AND (s.lease_expires_at IS NULL OR s.lease_expires_at < now())
-      AND (m.rate_limited_until IS NULL OR m.rate_limited_until <= now())
-      AND (%(record_ids)s::uuid[] IS NULL OR s.id = ANY (%(record_ids)s::uuid[]))
-    ORDER BY s.next_retry_at, s.created_at
-    LIMIT %(limit)s
-    FOR UPDATE OF s SKIP LOCKED
+# Lease due records (not in their service's rate-limit window, not waiting behind a
+# circuit) with everything recovery needs, as the columns of models.Job: the tail below is
+# shared by CLAIM_DUE and CLAIM_NAMED, after their own `due` CTE. `threshold_count` counts
+# the service's counted failures of this category (within the window for network),
+# capped: the number core/thresholds.py decides on.
+_LEASED_JOBS: LiteralString = """
 ), claimed AS (
     UPDATE system_integrity_events s
     SET lease_owner = %(owner)s,
@@ -336,6 +324,42 @@ LEFT JOIN LATERAL (
     ORDER BY u.id LIMIT 1
 ) u ON true
 """
+
+CLAIM_DUE: LiteralString = (
+    """
+WITH due AS (
+    SELECT s.id
+    FROM system_integrity_events s
+    LEFT JOIN integrations_master m ON m.service_name = s.service_name
+    WHERE s.status = 'pending' AND s.next_retry_at <= now() AND NOT s.held_by_circuit
+      AND (s.lease_expires_at IS NULL OR s.lease_expires_at < now())
+      AND (m.rate_limited_until IS NULL OR m.rate_limited_until <= now())
+    ORDER BY s.next_retry_at
+    LIMIT %(limit)s
+    FOR UPDATE OF s SKIP LOCKED
+"""
+    + _LEASED_JOBS
+)
+
+# The same for named records (`selfheal heal`, `selfheal scan`, and circuits' probes,
+# which are leased although their circuit holds them).
+CLAIM_NAMED: LiteralString = (
+    """
+WITH due AS (
+    SELECT s.id
+    FROM system_integrity_events s
+    LEFT JOIN integrations_master m ON m.service_name = s.service_name
+    WHERE s.id = ANY (%(record_ids)s::uuid[]) AND s.status = 'pending'
+      AND ((s.next_retry_at <= now() AND NOT s.held_by_circuit)
+           OR s.id = ANY (%(probe_ids)s::uuid[]))
+      AND (s.lease_expires_at IS NULL OR s.lease_expires_at < now())
+      AND (m.rate_limited_until IS NULL OR m.rate_limited_until <= now())
+    ORDER BY s.next_retry_at, s.created_at
+    LIMIT %(limit)s
+    FOR UPDATE OF s SKIP LOCKED
+"""
+    + _LEASED_JOBS
+)
 
 # Circuits due a probe: this daemon takes the probe of each (a lease on the service or
 # user connection row, so that no two daemons probe one at once) and the oldest failure

@@ -325,7 +325,7 @@ class Store:
         """Lease records due for recovery (only the named ones, if given); `probe_ids` are
         leased although a circuit holds them, as its probes."""
         return await self._fetchall(
-            queries.CLAIM_DUE,
+            queries.CLAIM_DUE if record_ids is None else queries.CLAIM_NAMED,
             {
                 "limit": limit,
                 "owner": owner,

@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import TypeVar
+from typing import Any
 
 from selfheal.core.circuit import CircuitPolicy, probe_delay
 from selfheal.core.thresholds import Thresholds, crosses_threshold, threshold_reason
@@ -96,34 +96,54 @@ def fold_effects(
         job = o.job
         if job.service_id is not None:
             effect = services.get(job.service_id) or ServiceEffect(job.service_id)
-            if o.resolved:
-                effect = replace(effect, reset=True, failed=0)
-            elif job.category is not Category.AUTH and o.counted:
-                effect = replace(effect, failed=effect.failed + 1)
-            services[job.service_id] = replace(
-                _circuit(effect, o, service=True, policy=policy, now=now, rand=rand),
-                disable_reason=effect.disable_reason or o.disable_service,
-                rate_limited_until=_later_of(effect.rate_limited_until, o.rate_limited_until),
-            )
+            changed = _service_change(effect, o)
+            circuit = _circuit(effect, o, service=True, policy=policy, now=now, rand=rand)
+            if changed or circuit is not None:
+                effect = replace(effect, **changed, **(circuit or {}))
+            services[job.service_id] = effect
         if job.user_connection_id is not None:
             user = users.get(job.user_connection_id) or UserConnectionEffect(job.user_connection_id)
-            if o.resolved:
-                user = replace(user, reset=True, failed=0)
-            else:
-                user = replace(user, failed=user.failed + o.user_connection_failed, errored=True)
-            users[job.user_connection_id] = replace(
-                _circuit(user, o, service=False, policy=policy, now=now, rand=rand),
-                disable_reason=user.disable_reason or o.disable_user_connection,
-            )
+            changed = _user_change(user, o)
+            circuit = _circuit(user, o, service=False, policy=policy, now=now, rand=rand)
+            users[job.user_connection_id] = replace(user, **changed, **(circuit or {}))
     return Effects(tuple(services.values()), tuple(users.values()))
 
 
-_Effect = TypeVar("_Effect", ServiceEffect, UserConnectionEffect)
+def _service_change(effect: ServiceEffect, o: Outcome) -> dict[str, Any]:
+    """The fields one outcome changes on its service's effect (most change none)."""
+    changed: dict[str, Any] = {}
+    if o.resolved:
+        if not effect.reset or effect.failed:
+            changed.update(reset=True, failed=0)
+    elif o.job.category is not Category.AUTH and o.counted:
+        changed["failed"] = effect.failed + 1
+    if o.disable_service and effect.disable_reason is None:
+        changed["disable_reason"] = o.disable_service
+    if o.rate_limited_until is not None:
+        changed["rate_limited_until"] = _later_of(effect.rate_limited_until, o.rate_limited_until)
+    return changed
+
+
+def _user_change(user: UserConnectionEffect, o: Outcome) -> dict[str, Any]:
+    changed: dict[str, Any] = (
+        {"reset": True, "failed": 0}
+        if o.resolved
+        else {"failed": user.failed + o.user_connection_failed, "errored": True}
+    )
+    if o.disable_user_connection and user.disable_reason is None:
+        changed["disable_reason"] = o.disable_user_connection
+    return changed
 
 
 def _circuit(
-    effect: _Effect, o: Outcome, *, service: bool, policy: CircuitPolicy, now: datetime, rand: float
-) -> _Effect:
+    effect: ServiceEffect | UserConnectionEffect,
+    o: Outcome,
+    *,
+    service: bool,
+    policy: CircuitPolicy,
+    now: datetime,
+    rand: float,
+) -> dict[str, Any] | None:
     """The circuit change an outcome makes (a later outcome of the batch overrides an
     earlier one); the next probe when the outcome's own next_retry_at does not say."""
     job = o.job
@@ -132,25 +152,23 @@ def _circuit(
         # Only a circuit that is open (or opened earlier in this batch) has to close: a
         # close costs the write a look for the failures it releases.
         if was_open or effect.circuit is CircuitChange.OPEN:
-            return replace(effect, circuit=CircuitChange.CLOSE, next_probe_at=None)
-        return effect
+            return {"circuit": CircuitChange.CLOSE, "next_probe_at": None}
+        return None
     if o.opens_circuit if service else o.opens_user_circuit:
-        return replace(
-            effect,
-            circuit=CircuitChange.OPEN,
-            next_probe_at=o.next_retry_at or _after(0, policy, now, rand),
-        )
+        return {
+            "circuit": CircuitChange.OPEN,
+            "next_probe_at": o.next_retry_at or _after(0, policy, now, rand),
+        }
     # A probe probes the service's circuit when it is open, else the user connection's.
     probed = job.service_circuit_open if service else not job.service_circuit_open
     if o.probe_failed and probed:
         failed = job.service_failed_probes if service else job.user_connection_failed_probes
-        return replace(
-            effect,
-            circuit=CircuitChange.PROBE_FAILED,
-            next_probe_at=o.next_retry_at or _after(failed + 1, policy, now, rand),
-            probe_counted=o.probe_counted,
-        )
-    return effect
+        return {
+            "circuit": CircuitChange.PROBE_FAILED,
+            "next_probe_at": o.next_retry_at or _after(failed + 1, policy, now, rand),
+            "probe_counted": o.probe_counted,
+        }
+    return None
 
 
 def _after(failed_probes: int, policy: CircuitPolicy, now: datetime, rand: float) -> datetime:

@@ -5,11 +5,11 @@ addresses the guard allows (http/guard.py); token refreshes go to the admin's to
 
 from __future__ import annotations
 
+import asyncio
 import urllib.request
 from typing import Literal
 from urllib.parse import urlsplit
 
-import anyio
 import httpcore
 import httpx
 
@@ -87,7 +87,9 @@ class HttpClients:
         its body does not hold a replay longer); httpcore errors pass through, a refused
         destination as `AddressRefused` (a ConnectError)."""
         try:
-            with anyio.fail_after(self.timeout):
+            # asyncio's own timeout: the daemon runs on asyncio, and on the hot path this
+            # costs a third of an anyio cancel scope.
+            async with asyncio.timeout(self.timeout):
                 return await self._pool(service_name, url).request(
                     method,
                     url,

@@ -39,44 +39,46 @@ def settle(
     that reaches the threshold disables the service. Auth failures count per user
     connection (consecutive), and disable it the same way. Then the effects of what is
     left."""
-    running: dict[tuple[uuid.UUID, Category], int] = {}
-    users: dict[uuid.UUID, int] = {}
+    services: dict[tuple[uuid.UUID, Category], int] = {}
+    users: dict[tuple[uuid.UUID, Category], int] = {}
     settled: list[Outcome] = []
     for o in sorted(outcomes, key=lambda o: o.job.failed_at):
         job = o.job
         if o.user_connection_failed and job.user_connection_id is not None:
-            count = max(users.get(job.user_connection_id, 0), job.user_connection_failures) + 1
-            users[job.user_connection_id] = count
-            if o.status is not Status.DISABLED and crosses_threshold(
-                Category.AUTH, count, thresholds
-            ):
-                reason = threshold_reason(Category.AUTH, thresholds)
-                o = replace(
-                    o,
-                    status=Status.DISABLED,
-                    action=f"{o.action}; user connection disabled",
-                    disable_user_connection=reason,
-                    next_retry_at=None,
-                    held=False,
-                )
+            key = (job.user_connection_id, Category.AUTH)
+            o = _verdict(o, users, key, job.user_connection_failures, thresholds)
         if o.counted and job.service_id is not None and job.category is not Category.AUTH:
             key = (job.service_id, job.category)
-            count = max(running.get(key, 0), job.threshold_count) + 1
-            running[key] = count
-            if o.status is not Status.DISABLED and crosses_threshold(
-                job.category, count, thresholds
-            ):
-                reason = threshold_reason(job.category, thresholds)
-                o = replace(
-                    o,
-                    status=Status.DISABLED,
-                    action=f"{o.action}; service disabled: {reason}",
-                    disable_service=reason,
-                    next_retry_at=None,
-                    held=False,
-                )
+            o = _verdict(o, services, key, job.threshold_count, thresholds)
         settled.append(o)
     return Settled(tuple(settled), fold_effects(settled, policy, now=now, rand=rand))
+
+
+def _verdict(
+    o: Outcome,
+    counts: dict[tuple[uuid.UUID, Category], int],
+    key: tuple[uuid.UUID, Category],
+    counted_before: int,
+    thresholds: Thresholds,
+) -> Outcome:
+    """One more failure for `key` (a user connection's auth failures, or a service's of one
+    category); the one that reaches the threshold disables it."""
+    count = max(counts.get(key, 0), counted_before) + 1
+    counts[key] = count
+    category = key[1]
+    if o.status is Status.DISABLED or not crosses_threshold(category, count, thresholds):
+        return o
+    reason = threshold_reason(category, thresholds)
+    disabled = replace(o, status=Status.DISABLED, next_retry_at=None, held=False)
+    if category is Category.AUTH:
+        return replace(
+            disabled,
+            action=f"{o.action}; user connection disabled",
+            disable_user_connection=reason,
+        )
+    return replace(
+        disabled, action=f"{o.action}; service disabled: {reason}", disable_service=reason
+    )
 
 
 def fold_effects(

@@ -301,6 +301,7 @@ class ServiceEffect:
     """What a batch of outcomes does to one integrations_master row."""
 
     service_id: uuid.UUID
+    service_name: str
     reset: bool = False  # a recovery succeeded: the counters start again
     failed: int = 0  # counted failures after the last reset in the batch
     disable_reason: str | None = None
@@ -315,6 +316,7 @@ class UserConnectionEffect:
     """What a batch of outcomes does to one user_integrations row."""
 
     user_connection_id: uuid.UUID
+    service_name: str
     reset: bool = False
     failed: int = 0
     disable_reason: str | None = None
@@ -367,8 +369,10 @@ def _status(value: Any) -> int | None:
         return None
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value.strip())
+    if isinstance(value, str):
+        text = value.strip()
+        # ASCII digits only: '²'.isdigit() is true, and int('²') raises.
+        value = int(text) if text.isascii() and text.isdigit() else None
     if isinstance(value, int) and 100 <= value <= 599:
         return value
     return None

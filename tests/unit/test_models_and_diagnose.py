@@ -46,7 +46,7 @@ def claimed(**fields: object) -> ClaimedFailure:
 
 
 def test_odd_statuses_become_none() -> None:
-    for raw in (-1, 0, 99, 600, 10**20, True, "abc", 3.5, None, [401]):
+    for raw in (-1, 0, 99, 600, 10**20, True, "abc", "²", "٤٢٩", 3.5, None, [401]):
         assert Failure.coerce(http_status=raw).http_status is None
     assert Failure.coerce(http_status="429").http_status == 429
     assert Failure.coerce(http_status=503.0).http_status == 503

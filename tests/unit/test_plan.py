@@ -282,7 +282,7 @@ def test_unhealed_failures_count_against_their_service() -> None:
     effects = fold(
         [unhealed(at(1)), unhealed(at(2)), Outcome(at(3), Status.PENDING, "held", held=True)]
     )
-    assert effects.services == (ServiceEffect(SERVICE, failed=2),)
+    assert effects.services == (ServiceEffect(SERVICE, "stripe", failed=2),)
     assert effects.user_connections == ()
 
 
@@ -295,7 +295,7 @@ def test_a_success_resets_the_count_and_closes_an_open_circuit() -> None:
         ]
     )
     # No circuit was open: nothing to close (a close costs the write a look for waiters).
-    assert effects.services == (ServiceEffect(SERVICE, reset=True, failed=1),)
+    assert effects.services == (ServiceEffect(SERVICE, "stripe", reset=True, failed=1),)
     [effect] = fold([Outcome(at(2, service_circuit_open=True), Status.RESOLVED, "probe")]).services
     assert effect.circuit is CircuitChange.CLOSE
 
@@ -307,7 +307,7 @@ def test_auth_and_disabled_outcomes_do_not_count_against_the_service() -> None:
             Outcome(at(2), Status.DISABLED, "no request"),
         ]
     )
-    assert effects.services == (ServiceEffect(SERVICE),)
+    assert effects.services == (ServiceEffect(SERVICE, "stripe"),)
 
 
 def test_the_first_disable_reason_wins_and_the_longest_window_holds() -> None:
@@ -371,7 +371,7 @@ def test_an_auth_failure_opens_only_its_user_connections_circuit() -> None:
         job(Category.AUTH, user_connection_id=USER_CONNECTION), "still unauthorized", 3, None
     )
     effects = fold([failed])
-    assert effects.services == (ServiceEffect(SERVICE),)
+    assert effects.services == (ServiceEffect(SERVICE, "stripe"),)
     [user] = effects.user_connections
     assert user.circuit is CircuitChange.OPEN
     assert failed.held

@@ -97,14 +97,16 @@ def fold_effects(
     for o in sorted(outcomes, key=lambda o: o.job.failed_at):
         job = o.job
         if job.service_id is not None:
-            effect = services.get(job.service_id) or ServiceEffect(job.service_id)
+            effect = services.get(job.service_id) or ServiceEffect(job.service_id, job.service_name)
             changed = _service_change(effect, o)
             circuit = _circuit(effect, o, service=True, policy=policy, now=now, rand=rand)
             if changed or circuit is not None:
                 effect = replace(effect, **changed, **(circuit or {}))
             services[job.service_id] = effect
         if job.user_connection_id is not None:
-            user = users.get(job.user_connection_id) or UserConnectionEffect(job.user_connection_id)
+            user = users.get(job.user_connection_id) or UserConnectionEffect(
+                job.user_connection_id, job.service_name
+            )
             changed = _user_change(user, o)
             circuit = _circuit(user, o, service=False, policy=policy, now=now, rand=rand)
             users[job.user_connection_id] = replace(user, **changed, **(circuit or {}))

@@ -4,6 +4,7 @@ with a jittered backoff while Postgres (or whatever the step needs) is away."""
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Awaitable, Callable
 from typing import ClassVar
@@ -15,7 +16,7 @@ from selfheal.core.retry import reconnect_delay
 from selfheal.errors import TemporaryError
 from selfheal.logs import first_line, get_logger
 
-__all__ = ["Backoff", "Gate", "Service", "Wakeup", "retry_until_done"]
+__all__ = ["Backoff", "Every", "Gate", "Service", "Wakeup", "retry_until_done"]
 
 log = get_logger()
 
@@ -56,6 +57,22 @@ class Gate:
 
     async def wait_open(self) -> None:
         await self._open.wait()
+
+
+class Every:
+    """`due()` is true at most once per `seconds` of the event loop's clock (the first time
+    at once): for work a busy loop should not repeat at every step."""
+
+    def __init__(self, seconds: float) -> None:
+        self._seconds = seconds
+        self._last = -math.inf
+
+    def due(self) -> bool:
+        now = anyio.current_time()
+        if now - self._last < self._seconds:
+            return False
+        self._last = now
+        return True
 
 
 class Backoff:

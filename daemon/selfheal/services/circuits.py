@@ -90,10 +90,9 @@ class Circuits:
 
     def written(self, settled: Settled) -> None:
         """What this daemon just wrote is the database's view now."""
-        names = {o.job.service_id: o.job.service_name for o in settled.outcomes}
         effects = settled.effects
         for service in effects.services:
-            name = names[service.service_id]
+            name = service.service_name
             if service.disable_reason is not None:
                 self._disabled_services.add(name)
             if service.circuit is not None:

@@ -24,7 +24,7 @@ from selfheal.errors import DatabaseUnavailable, ServiceRegistrationFailed
 from selfheal.http.clients import HttpClients
 from selfheal.logs import error_fields, first_line, get_logger
 from selfheal.models import CircuitChange, Clock, Job, Outcome, Settled, utcnow
-from selfheal.services.base import Gate, Service, Wakeup, retry_until_done
+from selfheal.services.base import Every, Gate, Service, Wakeup, retry_until_done
 from selfheal.services.circuits import Circuits
 from selfheal.services.execute import Executor, RequestLimits, Sleep
 from selfheal.settings import Settings
@@ -121,7 +121,9 @@ class Healer(Service):
         self._probe_lease = 3 * settings.http_timeout_seconds
         self._slots = anyio.CapacityLimiter(settings.max_recoveries)
         self._registration_warned = False
-        self._tidied_at = self._probed_at = -math.inf
+        self._tidying = Every(1.0)
+        # At most five probe claims a second: a busy healer need not pay a round trip a step.
+        self._probing = Every(0.2)
         self._recoveries: TaskGroup | None = None
         self._outcomes: MemoryObjectSendStream[Outcome] | None = None
 
@@ -201,18 +203,13 @@ class Healer(Service):
     async def _tidy(self) -> None:
         """At most once a second: successes the integrations wrote reset the counts, and
         failures no circuit holds any more are due again."""
-        now = anyio.current_time()
-        if now - self._tidied_at >= 1.0:
-            self._tidied_at = now
+        if self._tidying.due():
             await self._store.tidy_circuits()
 
     async def _claim_probes(self, free: int) -> list[Job]:
-        """One probe for each circuit due one, across daemons (see CLAIM_PROBES); asked at
-        most five times a second, so that a busy healer does not pay a round trip a step."""
-        now = anyio.current_time()
-        if now - self._probed_at < 0.2:
+        """One probe for each circuit due one, across daemons (see CLAIM_PROBES)."""
+        if not self._probing.due():
             return []
-        self._probed_at = now
         probes = await self._store.claim_probes(self._owner, self._probe_lease, free)
         ids = [p.record_id for p in probes if p.record_id is not None][:free]
         for probe in probes:
@@ -240,24 +237,22 @@ class Healer(Service):
         await self._log_circuits(settled, released)
 
     async def _log_circuits(self, settled: Settled, released: dict[str, int]) -> None:
-        names = {o.job.service_id: o.job.service_name for o in settled.outcomes}
-        users = {o.job.user_connection_id: o.job for o in settled.outcomes}
-        opened = [e.service_id for e in settled.effects.services if e.circuit is CircuitChange.OPEN]
+        effects = settled.effects
+        opened = [e.service_id for e in effects.services if e.circuit is CircuitChange.OPEN]
         waiting = await self._store.circuit_waiting(opened) if opened else {}
-        for effect in settled.effects.services:
-            name = names.get(effect.service_id, "")
-            if effect.circuit is CircuitChange.OPEN:
+        for service in effects.services:
+            name = service.service_name
+            if service.circuit is CircuitChange.OPEN:
                 log.warning(
                     "circuit.opened", service_name=name, failures_waiting=waiting.get(name, 0)
                 )
-            elif effect.circuit is CircuitChange.CLOSE and name in released:
+            elif service.circuit is CircuitChange.CLOSE and name in released:
                 log.info("circuit.closed", service_name=name, failures_released=released[name])
-        for user in settled.effects.user_connections:
-            job = users.get(user.user_connection_id)
-            if job is not None and user.circuit is CircuitChange.OPEN:
+        for user in effects.user_connections:
+            if user.circuit is CircuitChange.OPEN:
                 log.warning(
                     "circuit.opened",
-                    service_name=job.service_name,
+                    service_name=user.service_name,
                     user_connection_id=str(user.user_connection_id),
                 )
 

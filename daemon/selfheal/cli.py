@@ -15,6 +15,7 @@ from psycopg.types.json import Jsonb
 from selfheal import __version__, app
 from selfheal.core.analyzer import analyze
 from selfheal.daemon import run_daemon
+from selfheal.db.outbox import Outbox
 from selfheal.errors import DatabaseUnavailable
 from selfheal.logs import configure_logging, error_fields, first_line, get_logger
 from selfheal.models import Failure
@@ -203,7 +204,7 @@ async def cmd_inject(settings: Settings, db: app.Database, args: argparse.Namesp
 
 async def cmd_status(settings: Settings, db: app.Database, args: argparse.Namespace) -> int:
     async with db.store(max_size=1) as store:
-        status = await store.status()
+        status = {**await store.status(), "alerts": await Outbox(store).status()}
     if args.json:
         _print_json(status)
     else:
@@ -268,6 +269,25 @@ def _print_status(status: dict[str, Any], out: TextIO) -> None:
         out.write(
             f"failing   {service['service_name']}: {service['recovery_fail_count']} unhealed "
             f"since the last success (last recovery {service['last_recovery_at'] or '-'})\n"
+        )
+    alerts = status["alerts"]
+    out.write(f"alerts    {alerts['open_groups']:>10} open groups  outbox {alerts['outbox']}\n")
+    for group in alerts["groups"]:
+        said = "announced" if group["alerted_at"] else "waiting"
+        again = ", failing again" if group["regression"] else ""
+        out.write(
+            f"  group   {group['service_name']} {group['category']} {group['error_code']}: "
+            f"{group['failures']} failures since {group['opened_at']} ({said}{again})\n"
+        )
+    for channel in alerts["channels"]:
+        health = (
+            f"BROKEN since {channel['broken_at']}: {channel['broken_reason']}"
+            if channel["broken_at"]
+            else f"ok (last delivery {channel['delivered_at'] or '-'})"
+        )
+        out.write(
+            f"  channel {channel['channel']}: {health}; {channel['queued']} queued, "
+            f"{channel['dead']} dead\n"
         )
 
 

@@ -1,4 +1,5 @@
-"""`selfheal run`: one anyio task group owning the listener, claimer, healer and scanner."""
+"""`selfheal run`: one anyio task group owning the listener, claimer, healer, scanner,
+notifier and alert senders."""
 
 from __future__ import annotations
 
@@ -10,12 +11,15 @@ from anyio import CancelScope
 from anyio.abc import TaskStatus
 
 from selfheal.app import owner_name
+from selfheal.db.outbox import Outbox
 from selfheal.db.store import Database
+from selfheal.http.webhooks import Webhooks
 from selfheal.logs import get_logger
 from selfheal.services.base import Gate, Wakeup
 from selfheal.services.claimer import Claimer
 from selfheal.services.healer import open_healer
 from selfheal.services.listener import Listener
+from selfheal.services.notifier import Notifier, Sender
 from selfheal.services.scanner import Scanner
 from selfheal.settings import Settings
 
@@ -33,15 +37,24 @@ async def run_daemon(settings: Settings, db: Database, listen_conninfo: str | No
     owner = owner_name()
     claim_wakeup, scan_wakeup, heal_wakeup = Wakeup(), Wakeup(), Wakeup()
     backlog = Gate()  # diagnosing a backlog goes before recovering it
+    alerts_wakeup = Wakeup()
     async with (
         db.store(settings.db_pool_size) as store,
-        open_healer(store, settings, heal_wakeup, owner, backlog) as healer,
+        open_healer(
+            store, settings, heal_wakeup, owner, backlog, on_alerts=alerts_wakeup.set
+        ) as healer,
+        Webhooks(settings.http_timeout_seconds) as webhooks,
     ):
-        # New records are due at once: the healer hears of them as they are written.
-        claimer = Claimer(
-            store, settings, claim_wakeup, on_recorded=lambda _: heal_wakeup.set(), backlog=backlog
-        )
+
+        def recorded(_: object) -> None:
+            # New records are due at once: the healer hears of them as they are written,
+            # and the notifier of the alert groups they joined.
+            heal_wakeup.set()
+            alerts_wakeup.set()
+
+        claimer = Claimer(store, settings, claim_wakeup, on_recorded=recorded, backlog=backlog)
         scanner = Scanner(store, settings, scan_wakeup, claim_wakeup)
+        notifier, senders = _alerting(settings, Outbox(store), webhooks, alerts_wakeup, owner)
 
         def catch_up() -> None:
             # Notifications sent while the listener was away are lost: sweep the tables.
@@ -64,25 +77,61 @@ async def run_daemon(settings: Settings, db: Database, listen_conninfo: str | No
                 await tg.start(listener.run)
             workers = anyio.create_task_group()
             async with workers:
+                services = (claimer, healer, scanner, notifier, *senders)
                 await tg.start(
-                    _stop_on_signal,
-                    settings,
-                    tg.cancel_scope,
-                    workers.cancel_scope,
-                    (claimer, healer, scanner),
+                    _stop_on_signal, settings, tg.cancel_scope, workers.cancel_scope, services
                 )
-                workers.start_soon(claimer.run)
-                workers.start_soon(healer.run)
-                workers.start_soon(scanner.run)
+                for service in services:
+                    workers.start_soon(service.run)
                 log.info(
                     "daemon.started",
                     owner=owner,
                     batch_size=settings.batch_size,
                     scan_interval_seconds=settings.scan_interval_seconds,
+                    alert_channels=[sender.channel.value for sender in senders],
                 )
             # The workers finished their in-flight batches (or the grace period ran out).
             tg.cancel_scope.cancel()
     log.info("daemon.stopped", owner=owner)
+
+
+def _alerting(
+    settings: Settings, outbox: Outbox, webhooks: Webhooks, wakeup: Wakeup, owner: str
+) -> tuple[Notifier, list[Sender]]:
+    """The notifier, and a sender for each configured webhook (woken by what it queues)."""
+    senders = [
+        Sender(
+            outbox,
+            webhooks,
+            channel,
+            url,
+            settings.delivery_policy(),
+            Wakeup(),
+            owner,
+            # A killed sender's message goes again when its lease runs out: never sooner
+            # than a post can take.
+            lease_seconds=max(settings.lease_seconds, settings.http_timeout_seconds + 5),
+            dashboard_url=settings.dashboard_url,
+            period=settings.poll_interval_seconds,
+            reconnect_cap=settings.reconnect_max_seconds,
+        )
+        for channel, url in settings.alert_channels().items()
+    ]
+
+    def queued() -> None:
+        for sender in senders:
+            sender.wakeup.set()
+
+    notifier = Notifier(
+        outbox,
+        settings.alert_policy(),
+        [sender.channel for sender in senders],
+        wakeup,
+        queued,
+        period=settings.poll_interval_seconds,
+        reconnect_cap=settings.reconnect_max_seconds,
+    )
+    return notifier, senders
 
 
 async def _stop_on_signal(

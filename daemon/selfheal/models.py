@@ -123,6 +123,8 @@ class Diagnosis:
     action: str
     signals_json: str
     next_retry_at: datetime | None
+    alert_group: str = ""  # the fingerprint of its alert group (core/alerts.py)
+    alert_code: str = ""  # the normalized error code the fingerprint is made of
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +177,8 @@ class Job:
     user_connection_failed_probes: int = 0
     probe: bool = False
     counted_before: bool = False  # an earlier visit counted it towards a threshold
+    user_id: uuid.UUID | None = None  # the event's user (whose connection it used)
+    alert_group: str | None = None  # None: recorded before alerts existed
 
     @classmethod
     def from_columns(cls, **columns: Any) -> Job:
@@ -260,6 +264,10 @@ class Outcome:
     opens_circuit: bool = False  # its replays found the service down: the circuit opens
     opens_user_circuit: bool = False  # its auth recovery failed: the user connection's
     closes_circuit: bool = False  # a probe found the service up (its request failed alone)
+    token_refreshed: bool = False  # this visit asked the token endpoint for a new token
+    # The thresholds' count with this failure, and a warning that the next one disables.
+    failure_count: int = 0
+    disable_warning: str | None = None
 
     @property
     def resolved(self) -> bool:
@@ -406,3 +414,139 @@ def _headers(value: Any) -> dict[str, str]:
 
 def _is_scalar(value: Any) -> bool:
     return isinstance(value, str | int | float | bool | bytes)
+
+
+# --- alerts -----------------------------------------------------------------------------------
+
+
+class AlertKind(enum.StrEnum):
+    """The specification's four messages, and the digest of a group that keeps failing."""
+
+    FAILURE = "failure"  # Integration Failure Detected (or a regression: it failed again)
+    DIGEST = "digest"  # more failures of an alerted group since its last message
+    ATTEMPT = "attempt"  # Recovery Attempt
+    RECOVERED = "recovered"  # Integration Recovered
+    DISABLED = "disabled"  # Integration Disabled
+
+
+class Channel(enum.StrEnum):
+    SLACK = "slack"
+    TEAMS = "teams"
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """What one admin message says, whatever the channel. Every text in it came from a
+    third party (or from its sanitized record) and is rendered as untrusted.
+
+    Fields by kind:
+    - FAILURE: ``error`` the group's first failure, ``event_id`` and ``at`` its id and
+      time, ``plan`` the recovery planned, ``status`` where it stands, ``failures`` the
+      group's so far; ``regression``: the group had healed and fails again.
+    - DIGEST: ``new_failures`` since ``since`` (the last message), ``failures`` in all.
+    - ATTEMPT: ``action``, ``attempt`` of ``max_attempts``, ``error`` the previous error.
+    - RECOVERED: ``action`` the resolution, ``recovered_after`` seconds from the first
+      failure, ``error`` the original error, ``failures`` how many healed.
+    - DISABLED: ``reason``, ``failures`` the count that crossed the threshold,
+      ``user_ids`` the user connections disabled (empty: the service itself; at most ten,
+      ``more_user_ids`` the rest), ``action`` the command that re-enables.
+    """
+
+    kind: AlertKind
+    service_name: str
+    category: str
+    error: str = ""
+    at: datetime | None = None
+    event_id: uuid.UUID | None = None
+    failures: int = 0
+    new_failures: int = 0
+    since: datetime | None = None
+    plan: str = ""
+    status: str = ""
+    regression: bool = False
+    action: str = ""
+    attempt: int = 0
+    max_attempts: int = 3
+    recovered_after: float | None = None
+    reason: str = ""
+    user_ids: tuple[str, ...] = ()
+    more_user_ids: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class AlertGroup:
+    """A selfheal_alert_groups row as the notifier reads it (see sql/migrations/0008), with
+    what it needs to know of the group's failures: whether every one of them healed, and
+    where the episode's first failure stands."""
+
+    fingerprint: str
+    service_name: str
+    category: str
+    error_code: str
+    failures: int
+    opened_at: datetime
+    episode_base: int
+    sample_event_id: uuid.UUID | None
+    sample_error: str | None
+    sample_plan: str | None
+    sample_at: datetime | None
+    alerted_at: datetime | None
+    reported_failures: int
+    reported_at: datetime | None
+    closed_at: datetime | None
+    regression: bool
+    resolution: str | None
+    notices: Mapping[str, Mapping[str, Any]]
+    noticed: Mapping[str, str]  # attempt kind -> ISO time it was last sent
+    next_check_at: datetime | None
+    healed: bool = False
+    sample_status: str | None = None
+
+    @property
+    def episode_failures(self) -> int:
+        return self.failures - self.episode_base
+
+
+@dataclass(frozen=True, slots=True)
+class GroupTouch:
+    """What a batch of outcomes tells one alert group: how its latest failure healed, and
+    the recovery attempts and disables to announce (by kind, see core/alerts.py)."""
+
+    fingerprint: str
+    service_name: str
+    category: str
+    resolution: str | None = None
+    notices: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedAlert:
+    """An outbox row leased for delivery, with its channel's state at the claim."""
+
+    id: int
+    alert_group: str | None
+    kind: str
+    alert: Mapping[str, Any]  # Alert's fields as stored (see alert_from_row)
+    attempts: int
+    failures: int  # the channel's failed deliveries in a row
+    broken: str | None  # why the channel is broken (this delivery is its probe)
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedAlert:
+    id: int
+    channel: str
+    alert_group: str | None
+    kind: str
+
+
+def alert_from_row(fields: Mapping[str, Any]) -> Alert:
+    """An Alert from its stored JSON (orjson's dataclass form); unknown keys are ignored."""
+    known = {k: v for k, v in fields.items() if k in Alert.__dataclass_fields__}
+    for name in ("at", "since"):
+        if isinstance(known.get(name), str):
+            known[name] = datetime.fromisoformat(known[name])
+    if isinstance(known.get("event_id"), str):
+        known["event_id"] = uuid.UUID(known["event_id"])
+    known["user_ids"] = tuple(str(u) for u in known.get("user_ids", ()))
+    return Alert(**{**known, "kind": AlertKind(known["kind"])})

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from datetime import timedelta
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from selfheal.core.alerts import AlertPolicy, DeliveryPolicy
 from selfheal.core.circuit import CircuitPolicy
 from selfheal.core.ratelimit import DEFAULT_MAX_WAIT
 from selfheal.core.thresholds import Thresholds
+from selfheal.models import Channel
 
 __all__ = ["ConfigError", "Settings", "load_settings"]
 
@@ -76,8 +79,55 @@ class Settings(BaseSettings):
     circuit_probe_base_seconds: float = Field(default=1.0, gt=0)
     circuit_probe_max_seconds: float = Field(default=10.0, gt=0)
     circuit_count_interval_seconds: float = Field(default=60.0, ge=0)
+    # Admin alerts: a group's first failure waits this long (healed by then: no message);
+    # then at most one digest per group per interval.
+    alert_group_wait_seconds: float = Field(default=30.0, ge=0)
+    alert_group_interval_seconds: float = Field(default=300.0, gt=0)
+    alert_send_interval_seconds: float = Field(default=1.0, ge=0)  # per webhook
+    alert_retry_base_seconds: float = Field(default=1.0, gt=0)
+    alert_retry_max_seconds: float = Field(default=300.0, gt=0)
+    dashboard_url: str | None = None  # linked from alerts when set
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
+
+    @field_validator("slack_webhook_url", "teams_webhook_url")
+    @classmethod
+    def _webhook_url(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        problem = webhook_url_problem(
+            value.get_secret_value(), teams=info.field_name == "teams_webhook_url"
+        )
+        if problem:
+            raise ValueError(problem)  # the message never holds the URL: it is a secret
+        return value
+
+    @field_validator("dashboard_url")
+    @classmethod
+    def _dashboard_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if urlsplit(value.strip()).scheme not in ("http", "https"):
+            raise ValueError("must be an http(s) URL")
+        return value.strip()
+
+    def alert_channels(self) -> dict[Channel, SecretStr]:
+        """The configured webhooks, by channel."""
+        urls = {Channel.SLACK: self.slack_webhook_url, Channel.TEAMS: self.teams_webhook_url}
+        return {channel: url for channel, url in urls.items() if url is not None}
+
+    def alert_policy(self) -> AlertPolicy:
+        return AlertPolicy(
+            group_wait=timedelta(seconds=self.alert_group_wait_seconds),
+            group_interval=timedelta(seconds=self.alert_group_interval_seconds),
+        )
+
+    def delivery_policy(self) -> DeliveryPolicy:
+        return DeliveryPolicy(
+            spacing=self.alert_send_interval_seconds,
+            retry_base=min(self.alert_retry_base_seconds, self.alert_retry_max_seconds),
+            retry_cap=self.alert_retry_max_seconds,
+        )
 
     def thresholds(self) -> Thresholds:
         """The one Thresholds of the daemon: it serves the count and the decision."""
@@ -110,6 +160,23 @@ def load_settings(**overrides: object) -> Settings:
         error = exc.errors()[0]
         name = _env_name(error["loc"])
         raise ConfigError(f"invalid configuration: {name}: {error['msg']}") from exc
+
+
+def webhook_url_problem(url: str, *, teams: bool) -> str | None:
+    """What is wrong with a webhook URL, in words that do not repeat it (None: nothing)."""
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "must be an http(s) URL"
+    host = parts.hostname.lower()
+    retired = host.endswith(".webhook.office.com") or (
+        host == "outlook.office.com" and parts.path.startswith("/webhook")
+    )
+    if teams and retired:
+        return (
+            "an Office 365 connector URL, which Microsoft retired: create a Workflows webhook "
+            "in Teams (Post to a channel when a webhook request is received) and use its URL"
+        )
+    return None
 
 
 def _env_name(loc: tuple[int | str, ...]) -> str:

@@ -8,6 +8,7 @@ from typing import Any
 
 import orjson
 
+from selfheal.core.alerts import alert_code, fingerprint
 from selfheal.core.analyzer import analyze
 from selfheal.core.plan import planned_action
 from selfheal.core.sanitize import read_json, scrub, scrub_text, shape
@@ -45,9 +46,11 @@ def diagnose(claimed: ClaimedFailure, now: datetime) -> Diagnosis:
         signals["error_code"] = scrub_text(failure.error_code, max_length=200)
     if analysis.category is Category.DATA and claimed.payload is not None:
         signals["payload_shape"] = shape(read_json(claimed.payload))
+    service_name = failure.service_name or "unknown"
+    code = alert_code(signals.get("error_code"), failure.http_status)
     return Diagnosis(
         event_id=claimed.event_id,
-        service_name=failure.service_name or "unknown",
+        service_name=service_name,
         user_id=claimed.user_id,
         analysis=analysis,
         reason=failure_reason(failure),
@@ -55,6 +58,8 @@ def diagnose(claimed: ClaimedFailure, now: datetime) -> Diagnosis:
         signals_json=orjson.dumps(scrub(signals)).decode(),
         # Due at once: the healer decides (thresholds first, so data failures too).
         next_retry_at=now,
+        alert_group=fingerprint(service_name, analysis.category.value, code),
+        alert_code=code,
     )
 
 

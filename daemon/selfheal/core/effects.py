@@ -66,7 +66,14 @@ def _verdict(
     count = max(counts.get(key, 0), counted_before) + 1
     counts[key] = count
     category = key[1]
-    if o.status is Status.DISABLED or not crosses_threshold(category, count, thresholds):
+    o = replace(o, failure_count=count)
+    if o.status is Status.DISABLED:
+        return o
+    if not crosses_threshold(category, count, thresholds):
+        if crosses_threshold(category, count + 1, thresholds):
+            what = "the user connection" if category is Category.AUTH else o.job.service_name
+            warning = f"one more unhealed {category.value} failure disables {what}"
+            return replace(o, disable_warning=warning)
         return o
     reason = threshold_reason(category, thresholds)
     disabled = replace(o, status=Status.DISABLED, next_retry_at=None, held=False)

@@ -68,27 +68,58 @@ WHERE e.id = ANY (%(event_ids)s::uuid[]) AND e.status <> 'success'
   AND NOT EXISTS (SELECT 1 FROM system_integrity_events s WHERE s.event_id = e.id)
 """
 
-# Record and take out of the inbox in one statement. One NOTIFY per batch (delivered at
+# Record and take out of the inbox in one statement, and count the records into their
+# alert groups (in fingerprint order: every writer locks groups in one order). A group's
+# first failure since it closed is its sample, and makes it due after the group wait; an
+# announced group's new failures make its digest due. One NOTIFY per batch (delivered at
 # commit) tells listeners how many were recorded.
 RECORD_DIAGNOSES: LiteralString = """
 WITH done AS (
     DELETE FROM selfheal_inbox WHERE event_id = ANY (%(done_ids)s::uuid[])
+), r AS (
+    SELECT * FROM unnest(
+        %(event_ids)s::uuid[], %(service_names)s::text[], %(user_ids)s::uuid[],
+        %(reasons)s::text[], %(categories)s::text[], %(actions)s::text[],
+        %(signals)s::text[], %(next_retry_at)s::timestamptz[], %(alert_groups)s::text[],
+        %(alert_codes)s::text[]
+    ) AS r(event_id, service_name, user_id, failure_reason, failure_category, action_taken,
+           analyzer_signals, next_retry_at, alert_group, alert_code)
 ), recorded AS (
     INSERT INTO system_integrity_events (
         event_id, service_name, user_id, failure_reason, failure_category, action_taken,
-        analyzer_signals, status, next_retry_at, created_at, updated_at
+        analyzer_signals, status, next_retry_at, alert_group, created_at, updated_at
     )
     SELECT r.event_id, r.service_name, r.user_id, r.failure_reason, r.failure_category,
            r.action_taken, r.analyzer_signals::jsonb, 'pending', r.next_retry_at,
-           clock_timestamp(), clock_timestamp()
-    FROM unnest(
-        %(event_ids)s::uuid[], %(service_names)s::text[], %(user_ids)s::uuid[],
-        %(reasons)s::text[], %(categories)s::text[], %(actions)s::text[],
-        %(signals)s::text[], %(next_retry_at)s::timestamptz[]
-    ) AS r(event_id, service_name, user_id, failure_reason, failure_category, action_taken,
-           analyzer_signals, next_retry_at)
+           r.alert_group, clock_timestamp(), clock_timestamp()
+    FROM r
     ON CONFLICT (event_id) DO NOTHING
     RETURNING id, event_id
+), grouped AS (
+    INSERT INTO selfheal_alert_groups AS g (
+        fingerprint, service_name, category, error_code, failures, sample_event_id,
+        sample_error, sample_plan, sample_at, last_failure_at, next_check_at
+    )
+    SELECT DISTINCT ON (r.alert_group)
+           r.alert_group, r.service_name, r.failure_category, r.alert_code,
+           count(*) OVER (PARTITION BY r.alert_group), r.event_id, r.failure_reason,
+           r.action_taken, now(), now(), now() + make_interval(secs => %(group_wait)s)
+    FROM r JOIN recorded USING (event_id)
+    ORDER BY r.alert_group, r.event_id
+    ON CONFLICT (fingerprint) DO UPDATE
+    SET failures = g.failures + EXCLUDED.failures,
+        sample_event_id = COALESCE(g.sample_event_id, EXCLUDED.sample_event_id),
+        sample_error = CASE WHEN g.sample_event_id IS NULL THEN EXCLUDED.sample_error
+                            ELSE g.sample_error END,
+        sample_plan = CASE WHEN g.sample_event_id IS NULL THEN EXCLUDED.sample_plan
+                           ELSE g.sample_plan END,
+        sample_at = CASE WHEN g.sample_event_id IS NULL THEN EXCLUDED.sample_at
+                         ELSE g.sample_at END,
+        last_failure_at = EXCLUDED.last_failure_at,
+        next_check_at = LEAST(g.next_check_at, CASE
+            WHEN g.closed_at IS NULL AND g.alerted_at IS NOT NULL
+                THEN g.reported_at + make_interval(secs => %(group_interval)s)
+            ELSE EXCLUDED.next_check_at END)
 ), notified AS (
     SELECT pg_notify(%(channel)s, count(*)::text) FROM recorded
 )
@@ -288,7 +319,7 @@ _LEASED_JOBS: LiteralString = """
         lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
     FROM due WHERE s.id = due.id
     RETURNING s.id, s.event_id, s.service_name, s.failure_category, s.attempts, s.deferrals,
-              s.created_at, s.counted
+              s.created_at, s.counted, s.user_id, s.alert_group
 )
 SELECT c.id AS record_id, c.event_id, c.service_name, c.failure_category AS category,
        c.attempts, c.deferrals, e.endpoint, e.http_method,
@@ -314,7 +345,7 @@ SELECT c.id AS record_id, c.event_id, c.service_name, c.failure_category AS cate
        COALESCE(m.circuit_next_probe_at, u.circuit_next_probe_at) AS circuit_next_probe_at,
        m.circuit_counted_at,
        c.id = ANY (%(probe_ids)s::uuid[]) AS probe,
-       c.counted AS counted_before
+       c.counted AS counted_before, c.user_id, c.alert_group
 FROM claimed c
 LEFT JOIN integration_events e ON e.id = c.event_id
 LEFT JOIN integrations_master m ON m.service_name = c.service_name
@@ -631,6 +662,28 @@ WITH o AS (
       AND s.service_name = m.service_name AND s.user_id = u.user_id
       AND s.held_by_circuit AND s.status = 'pending'
       AND s.id <> ALL (%(record_ids)s::uuid[])
+), alerting AS (
+    -- What the batch tells alert groups (core/alerts.touches): an announced group with a
+    -- healed failure is looked at again now (has all of it healed?), and the notices
+    -- (attempts, disables) wait in their group for the notifier.
+    INSERT INTO selfheal_alert_groups AS g (
+        fingerprint, service_name, category, error_code, resolution, notices, next_check_at
+    )
+    SELECT t.fingerprint, t.service_name, t.category, 'none', t.resolution,
+           t.notices::jsonb, now()
+    FROM unnest(
+        %(touch_groups)s::text[], %(touch_services)s::text[], %(touch_categories)s::text[],
+        %(touch_resolutions)s::text[], %(touch_notices)s::text[]
+    ) AS t(fingerprint, service_name, category, resolution, notices), held
+    WHERE held.ok
+    ORDER BY t.fingerprint
+    ON CONFLICT (fingerprint) DO UPDATE
+    SET resolution = COALESCE(EXCLUDED.resolution, g.resolution),
+        notices = g.notices || EXCLUDED.notices,
+        next_check_at = LEAST(g.next_check_at, now())
+    WHERE EXCLUDED.notices <> '{}'::jsonb
+       OR (g.alerted_at IS NOT NULL AND g.closed_at IS NULL
+           AND (g.next_check_at IS NULL OR g.next_check_at > now()))
 ), notified AS (
     SELECT pg_notify(%(channel)s, count(*)::text) FROM records
 )
@@ -687,4 +740,170 @@ WHERE lease_owner = %(owner)s AND status = 'pending'
 MARK_REAUTH_REQUIRED: LiteralString = """
 UPDATE user_integrations SET reauth_required_at = now(), reauth_token_digest = %(digest)s
 WHERE id = %(id)s
+"""
+
+# --- alerts -------------------------------------------------------------------------------
+
+# Alert groups the notifier should look at, locked for its look (another daemon's notifier
+# skips them); with whether every failure of the group healed, and where its sample stands.
+ALERT_GROUPS_DUE: LiteralString = """
+SELECT g.fingerprint, g.service_name, g.category, g.error_code, g.failures, g.opened_at,
+       g.episode_base, g.sample_event_id, g.sample_error, g.sample_plan, g.sample_at,
+       g.alerted_at, g.reported_failures, g.reported_at, g.closed_at, g.regression,
+       g.resolution, g.notices, g.noticed, g.next_check_at,
+       NOT EXISTS (SELECT 1 FROM system_integrity_events s
+                   WHERE s.alert_group = g.fingerprint AND s.status <> 'resolved') AS healed,
+       (SELECT s.status FROM system_integrity_events s
+        WHERE s.event_id = g.sample_event_id) AS sample_status,
+       now() AS looked_at
+FROM selfheal_alert_groups g
+WHERE g.next_check_at <= now()
+ORDER BY g.next_check_at
+LIMIT %(limit)s
+FOR UPDATE OF g SKIP LOCKED
+"""
+
+# The groups after the look (core/alerts.advance) and their messages, one row per
+# configured channel, in the look's transaction. `failures` is not written: only records
+# count it.
+ADVANCE_ALERT_GROUPS: LiteralString = """
+WITH c AS (
+    SELECT * FROM jsonb_populate_recordset(NULL::selfheal_alert_groups, %(groups)s::jsonb)
+), changed AS (
+    UPDATE selfheal_alert_groups g
+    SET opened_at = c.opened_at, episode_base = c.episode_base,
+        sample_event_id = c.sample_event_id, sample_error = c.sample_error,
+        sample_plan = c.sample_plan, sample_at = c.sample_at, alerted_at = c.alerted_at,
+        reported_failures = c.reported_failures, reported_at = c.reported_at,
+        closed_at = c.closed_at, regression = c.regression, resolution = c.resolution,
+        notices = c.notices, noticed = c.noticed, next_check_at = c.next_check_at
+    FROM c WHERE g.fingerprint = c.fingerprint
+), queued AS (
+    INSERT INTO selfheal_alerts (channel, alert_group, kind, alert)
+    SELECT ch.channel, a.alert_group, a.kind, a.alert::jsonb
+    FROM unnest(%(alert_groups)s::text[], %(alert_kinds)s::text[], %(alerts)s::text[])
+         WITH ORDINALITY AS a(alert_group, kind, alert, ord)
+    CROSS JOIN unnest(%(channels)s::text[]) AS ch(channel)
+    ORDER BY a.ord, ch.channel
+    RETURNING id, channel, alert_group, kind
+)
+SELECT id, channel, alert_group, kind FROM queued ORDER BY id
+"""
+
+SECONDS_UNTIL_ALERT_CHECK: LiteralString = """
+SELECT GREATEST(0, EXTRACT(EPOCH FROM min(next_check_at) - now()))::float8
+FROM selfheal_alert_groups WHERE next_check_at IS NOT NULL
+"""
+
+# A sender's channel, as it starts: a new URL (another digest) is a new chance for a
+# broken channel.
+REGISTER_ALERT_CHANNEL: LiteralString = """
+INSERT INTO selfheal_alert_channels AS c (channel, url_digest)
+VALUES (%(channel)s, %(url_digest)s)
+ON CONFLICT (channel) DO UPDATE
+SET url_digest = EXCLUDED.url_digest,
+    broken_at = CASE WHEN c.url_digest IS DISTINCT FROM EXCLUDED.url_digest THEN NULL
+                     ELSE c.broken_at END,
+    broken_reason = CASE WHEN c.url_digest IS DISTINCT FROM EXCLUDED.url_digest THEN NULL
+                         ELSE c.broken_reason END,
+    failures = CASE WHEN c.url_digest IS DISTINCT FROM EXCLUDED.url_digest THEN 0
+                    ELSE c.failures END,
+    next_send_at = CASE WHEN c.url_digest IS DISTINCT FROM EXCLUDED.url_digest THEN now()
+                        ELSE c.next_send_at END
+RETURNING broken_reason, broken_at
+"""
+
+# The channel's next message, when the channel's pace allows one: leased to this sender
+# (a killed sender's lease runs out), and the channel's next send paced. The lock on the
+# channel row makes the pace hold across daemons.
+CLAIM_ALERT: LiteralString = """
+WITH ch AS (
+    SELECT channel, failures, broken_reason FROM selfheal_alert_channels
+    WHERE channel = %(channel)s AND next_send_at <= now()
+    FOR UPDATE SKIP LOCKED
+), next AS (
+    SELECT a.id FROM selfheal_alerts a
+    WHERE a.channel = %(channel)s AND a.status = 'queued' AND EXISTS (SELECT 1 FROM ch)
+      AND (a.lease_until IS NULL OR a.lease_until < now())
+    ORDER BY a.id
+    LIMIT 1
+    FOR UPDATE OF a SKIP LOCKED
+), leased AS (
+    UPDATE selfheal_alerts a
+    SET lease_owner = %(owner)s,
+        lease_until = now() + make_interval(secs => %(lease_seconds)s),
+        attempts = a.attempts + 1
+    FROM next WHERE a.id = next.id
+    RETURNING a.id, a.alert_group, a.kind, a.alert, a.attempts
+), paced AS (
+    UPDATE selfheal_alert_channels c
+    SET next_send_at = now() + make_interval(secs => %(spacing)s)
+    FROM leased WHERE c.channel = %(channel)s
+)
+SELECT l.id, l.alert_group, l.kind, l.alert, l.attempts, ch.failures,
+       ch.broken_reason AS broken
+FROM leased l CROSS JOIN ch
+"""
+
+# What a delivery attempt decided (core/alerts.after_delivery), for the message and for
+# its channel.
+ALERT_ATTEMPTED: LiteralString = """
+WITH alert AS (
+    UPDATE selfheal_alerts
+    SET status = %(status)s::text, last_error = %(error)s::text,
+        lease_owner = NULL, lease_until = NULL,
+        delivered_at = CASE WHEN %(status)s::text = 'delivered' THEN now() END
+    WHERE id = %(id)s
+)
+UPDATE selfheal_alert_channels
+SET failures = %(failures)s,
+    next_send_at = GREATEST(next_send_at, now() + make_interval(secs => %(hold)s)),
+    broken_at = CASE WHEN %(broken)s::text IS NULL THEN NULL
+                     ELSE COALESCE(broken_at, now()) END,
+    broken_reason = %(broken)s::text,
+    delivered_at = CASE WHEN %(status)s::text = 'delivered' THEN now() ELSE delivered_at END
+WHERE channel = %(channel)s
+"""
+
+# When the channel's next message may go: its pace, and a lease of another sender running
+# out. No row: nothing is queued.
+SECONDS_UNTIL_SENDABLE: LiteralString = """
+SELECT GREATEST(0, EXTRACT(EPOCH FROM GREATEST(c.next_send_at, q.claimable) - now()))::float8
+FROM selfheal_alert_channels c,
+     (SELECT min(COALESCE(lease_until, '-infinity')) AS claimable FROM selfheal_alerts
+      WHERE channel = %(channel)s AND status = 'queued') AS q
+WHERE c.channel = %(channel)s AND q.claimable IS NOT NULL
+"""
+
+# Delivered and dead messages are kept a week; groups closed for a month are forgotten.
+PRUNE_ALERTS: LiteralString = """
+WITH messages AS (
+    DELETE FROM selfheal_alerts
+    WHERE status <> 'queued' AND created_at < now() - interval '7 days'
+)
+DELETE FROM selfheal_alert_groups WHERE closed_at < now() - interval '30 days'
+"""
+
+# `selfheal status`: the open groups (newest first), and each channel's queue and health.
+OPEN_ALERT_GROUPS: LiteralString = """
+SELECT service_name, category, error_code, failures - episode_base AS failures, opened_at,
+       alerted_at, regression, count(*) OVER () AS open_groups
+FROM selfheal_alert_groups
+WHERE closed_at IS NULL AND failures > episode_base
+ORDER BY opened_at DESC
+LIMIT 20
+"""
+ALERT_CHANNELS: LiteralString = """
+SELECT ch AS channel, c.broken_at, c.broken_reason, c.next_send_at, COALESCE(c.failures, 0)
+       AS failures, c.delivered_at,
+       (SELECT count(*) FROM selfheal_alerts a WHERE a.channel = ch AND a.status = 'queued')
+       AS queued,
+       (SELECT min(created_at) FROM selfheal_alerts a
+        WHERE a.channel = ch AND a.status = 'queued') AS oldest_queued,
+       (SELECT count(*) FROM selfheal_alerts a WHERE a.channel = ch AND a.status = 'dead')
+       AS dead
+FROM (SELECT channel AS ch FROM selfheal_alert_channels
+      UNION SELECT DISTINCT channel FROM selfheal_alerts WHERE status = 'queued') AS names
+LEFT JOIN selfheal_alert_channels c ON c.channel = names.ch
+ORDER BY ch
 """

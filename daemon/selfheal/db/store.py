@@ -12,11 +12,13 @@ from datetime import datetime
 from typing import Any, LiteralString, TypeVar, cast
 
 import anyio
+import orjson
 import psycopg
 from psycopg import sql
 from psycopg.rows import AsyncRowFactory, class_row, dict_row, kwargs_row, tuple_row
 from psycopg_pool import AsyncConnectionPool
 
+from selfheal.core.alerts import AlertPolicy
 from selfheal.core.thresholds import Thresholds
 from selfheal.db import queries
 from selfheal.db.connections import ConnectionPolicy, deadline_missed, with_keepalives
@@ -26,6 +28,7 @@ from selfheal.models import (
     Category,
     ClaimedFailure,
     Diagnosis,
+    GroupTouch,
     Job,
     Recorded,
     Settled,
@@ -227,6 +230,11 @@ class Store:
         except psycopg.Error as exc:
             raise _translated(exc) from exc
 
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        async with self._connection() as conn, conn.transaction():
+            yield conn
+
     async def _fetchall(
         self, query: LiteralString, params: dict[str, Any], rows: AsyncRowFactory[_Row]
     ) -> list[_Row]:
@@ -251,7 +259,12 @@ class Store:
         return await self._fetchall(queries.CLAIM_EVENTS, {"event_ids": list(event_ids)}, _CLAIMED)
 
     async def record(
-        self, diagnoses: Sequence[Diagnosis], done: Sequence[uuid.UUID], *, overlap: bool = False
+        self,
+        diagnoses: Sequence[Diagnosis],
+        done: Sequence[uuid.UUID],
+        alerts: AlertPolicy,
+        *,
+        overlap: bool = False,
     ) -> list[Recorded]:
         """Store the records and take `done` out of the inbox: one statement.
 
@@ -265,6 +278,8 @@ class Store:
             {
                 **_diagnosis_columns(diagnoses),
                 "done_ids": list(done),
+                "group_wait": alerts.group_wait.total_seconds(),
+                "group_interval": alerts.group_interval.total_seconds(),
                 "channel": queries.RECORDED_CHANNEL,
             },
             tuple_row,
@@ -352,11 +367,19 @@ class Store:
         rows = await self._fetchall(queries.SECONDS_UNTIL_DUE, {}, tuple_row)
         return None if not rows or rows[0][0] is None else float(rows[0][0])
 
-    async def record_outcomes(self, settled: Settled, owner: str) -> dict[str, int]:
-        """Write a settled batch; the failures a closed circuit released, by service."""
+    async def record_outcomes(
+        self, settled: Settled, touches: Sequence[GroupTouch], owner: str
+    ) -> dict[str, int]:
+        """Write a settled batch, and what it tells alert groups; the failures a closed
+        circuit released, by service."""
         [(_, released)] = await self._fetchall(
             queries.RECORD_OUTCOMES,
-            {**_outcome_columns(settled), "owner": owner, "channel": queries.OUTCOMES_CHANNEL},
+            {
+                **_outcome_columns(settled),
+                **_touch_columns(touches),
+                "owner": owner,
+                "channel": queries.OUTCOMES_CHANNEL,
+            },
             tuple_row,
         )
         return {str(name): int(count) for name, count in released.items()}
@@ -518,6 +541,18 @@ def _diagnosis_columns(diagnoses: Sequence[Diagnosis]) -> dict[str, list[Any]]:
         "actions": [d.action for d in diagnoses],
         "signals": [d.signals_json for d in diagnoses],
         "next_retry_at": [d.next_retry_at for d in diagnoses],
+        "alert_groups": [d.alert_group for d in diagnoses],
+        "alert_codes": [d.alert_code for d in diagnoses],
+    }
+
+
+def _touch_columns(touches: Sequence[GroupTouch]) -> dict[str, list[Any]]:
+    return {
+        "touch_groups": [t.fingerprint for t in touches],
+        "touch_services": [t.service_name for t in touches],
+        "touch_categories": [t.category for t in touches],
+        "touch_resolutions": [t.resolution for t in touches],
+        "touch_notices": [orjson.dumps(t.notices).decode() for t in touches],
     }
 
 

@@ -45,6 +45,7 @@ class Claimer(Service):
         )
         self._store = store
         self._settings = settings
+        self._alerts = settings.alert_policy()
         self._on_recorded = on_recorded
         self._clock = clock
         # Closed while a backlog drains (full batches): diagnoses go first, recovery waits.
@@ -146,7 +147,9 @@ class Claimer(Service):
         suspects = batch.suspects
         if batch.done:
             try:
-                recorded = await self._store.record(batch.diagnoses, batch.done, overlap=overlap)
+                recorded = await self._store.record(
+                    batch.diagnoses, batch.done, self._alerts, overlap=overlap
+                )
             except PermanentError as exc:
                 log.warning("claimer.batch_failed", error=first_line(exc), size=len(batch.done))
                 suspects = [*batch.claimed, *suspects]
@@ -161,7 +164,7 @@ class Claimer(Service):
             return []
         try:
             recorded = await self._store.record(
-                [diagnose(suspect, self._clock())], [suspect.event_id]
+                [diagnose(suspect, self._clock())], [suspect.event_id], self._alerts
             )
         except DatabaseUnavailable:
             raise

@@ -99,6 +99,7 @@ class _Visit:
 
     attempts: int = 0
     result: ReplayResult | None = None
+    refreshed: bool = False  # it asked the token endpoint for a new token
 
 
 class _Halt(Exception):
@@ -146,15 +147,20 @@ class Executor:
             return decided.outcome
         visit = _Visit()
         try:
-            if job.probe:
-                return await self._probe(job, visit)
-            if decided.recipe is Recipe.REFRESH_AND_REPLAY:
-                return await self._refresh_and_replay(job, visit)
-            if decided.recipe is Recipe.AFTER_RATE_LIMIT:
-                return await self._after_rate_limit(job, visit)
-            return await self._backoff(job, visit)
+            outcome = await self._run(job, decided.recipe, visit)
         except _Halt as halt:
-            return self._halted(job, halt.stop, visit)
+            outcome = self._halted(job, halt.stop, visit)
+        # Admins hear of token refreshes (core/alerts.py): the visit that asked for one says so.
+        return replace(outcome, token_refreshed=True) if visit.refreshed else outcome
+
+    async def _run(self, job: Job, recipe: Recipe | None, visit: _Visit) -> Outcome:
+        if job.probe:
+            return await self._probe(job, visit)
+        if recipe is Recipe.REFRESH_AND_REPLAY:
+            return await self._refresh_and_replay(job, visit)
+        if recipe is Recipe.AFTER_RATE_LIMIT:
+            return await self._after_rate_limit(job, visit)
+        return await self._backoff(job, visit)
 
     def _halted(self, job: Job, stop: Stop | None, visit: _Visit) -> Outcome:
         reason = replay_failure_reason(job.service_name, visit.result)
@@ -338,7 +344,7 @@ class Executor:
         for delay in delays:
             await schedule.wait(delay)
             try:
-                fresh = await self._fresh_token(job, stale_before)
+                fresh = await self._fresh_token(job, stale_before, visit)
             except RefreshFailed as exc:
                 return self._refresh_failed(job, exc, visit)
             result = await self._replay(job, visit, fresh.token, delay)
@@ -355,7 +361,7 @@ class Executor:
             visit,
         )
 
-    async def _fresh_token(self, job: Job, stale_before: datetime | None) -> _Fresh:
+    async def _fresh_token(self, job: Job, stale_before: datetime | None, visit: _Visit) -> _Fresh:
         """A token newer than `stale_before`: refreshed here, or by whoever refreshed it
         meanwhile (one refresh per user connection, however many failures arrive at once)."""
         assert job.user_connection_id is not None and job.oauth_config is not None  # noqa: S101
@@ -378,6 +384,7 @@ class Executor:
             )
             if refreshed_at is not None and newer and tokens.access_token:
                 return _Fresh(tokens.access_token, refreshed_at)
+            visit.refreshed = True
             try:
                 async with self._limits.request(job.service_name):
                     grant = await refresh_access_token(

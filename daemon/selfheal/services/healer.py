@@ -17,6 +17,7 @@ from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from selfheal.core import plan as planning
+from selfheal.core.alerts import touches
 from selfheal.core.effects import settle
 from selfheal.core.thresholds import Thresholds
 from selfheal.db.store import Store
@@ -44,6 +45,7 @@ async def open_healer(
     owner: str,
     backlog: Gate | None = None,
     *,
+    on_alerts: Callable[[], None] = lambda: None,
     clock: Clock = utcnow,
     sleep: Sleep = anyio.sleep,
     rand: Callable[[], float] | None = None,
@@ -81,6 +83,7 @@ async def open_healer(
             clock,
             randomness,
             backlog,
+            on_alerts,
         )
     finally:
         with anyio.CancelScope(shield=True):
@@ -102,6 +105,7 @@ class Healer(Service):
         clock: Clock,
         rand: Callable[[], float],
         backlog: Gate | None = None,
+        on_alerts: Callable[[], None] = lambda: None,
     ) -> None:
         super().__init__(
             wakeup,
@@ -117,6 +121,7 @@ class Healer(Service):
         self._owner = owner
         self._clock = clock
         self._rand = rand
+        self._on_alerts = on_alerts  # a batch told alert groups something: the notifier looks
         # A probe is one request: its lease outlasts it (a refresh and a replay).
         self._probe_lease = 3 * settings.http_timeout_seconds
         self._slots = anyio.CapacityLimiter(settings.max_recoveries)
@@ -232,7 +237,10 @@ class Healer(Service):
 
     async def _record(self, settled: Settled) -> None:
         """Write a settled batch, then tell this daemon's circuits and the log what it did."""
-        released = await self._store.record_outcomes(settled, self._owner)
+        told = touches(settled)
+        released = await self._store.record_outcomes(settled, told, self._owner)
+        if told:
+            self._on_alerts()
         self._circuits.written(settled)
         await self._log_circuits(settled, released)
 

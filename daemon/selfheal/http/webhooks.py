@@ -1,0 +1,77 @@
+"""Posts an admin message to a Slack incoming webhook or a Teams Workflows webhook, and
+says what came back (core/alerts.after_delivery decides what it means). A webhook URL is
+a secret: no error, log line or answer here holds it."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Self
+
+import anyio
+import httpx
+
+from selfheal.core.alerts import WebhookAnswer
+from selfheal.core.ratelimit import parse_retry_after
+from selfheal.http.clients import USER_AGENT
+
+__all__ = ["Webhooks"]
+
+_BODY_SAMPLE = 4096  # Slack's answers are a word; an error page is cut here
+_MAX_RETRY_AFTER = 3600.0
+
+
+class Webhooks:
+    """One HTTP client for the admin channels (the environment's proxies apply, as for
+    token refreshes); every post ends within the timeout, a slow answer included."""
+
+    def __init__(self, timeout: float) -> None:
+        self._timeout = timeout
+        self._client = httpx.AsyncClient(
+            timeout=timeout,
+            follow_redirects=False,  # a webhook that redirects is misconfigured, not followed
+            headers={"User-Agent": USER_AGENT},
+        )
+
+    async def post(self, url: str, body: bytes) -> WebhookAnswer:
+        try:
+            with anyio.fail_after(self._timeout):
+                async with self._client.stream(
+                    "POST", url, content=body, headers={"Content-Type": "application/json"}
+                ) as response:
+                    sample = await _start_of(response)
+        except (httpx.HTTPError, OSError, TimeoutError) as exc:
+            # The exception's text may quote the URL: only its name is kept.
+            return WebhookAnswer(None, error=type(exc).__name__)
+        retry_after = None
+        if response.status_code == 429:
+            retry_after = parse_retry_after(
+                response.headers.get("retry-after"), datetime.now(UTC), _MAX_RETRY_AFTER
+            )
+        return WebhookAnswer(response.status_code, sample, retry_after)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        with anyio.CancelScope(shield=True):
+            await self.aclose()
+
+
+async def _start_of(response: httpx.Response) -> str:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size >= _BODY_SAMPLE:
+            break
+    return b"".join(chunks)[:_BODY_SAMPLE].decode("utf-8", "replace")

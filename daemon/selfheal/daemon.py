@@ -110,7 +110,7 @@ def _alerting(
             owner,
             # A killed sender's message goes again when its lease runs out: never sooner
             # than a post can take.
-            lease_seconds=max(settings.lease_seconds, settings.http_timeout_seconds + 5),
+            lease_seconds=max(settings.lease_seconds, 2 * settings.http_timeout_seconds),
             dashboard_url=settings.dashboard_url,
             period=settings.poll_interval_seconds,
             reconnect_cap=settings.reconnect_max_seconds,

@@ -116,9 +116,7 @@ def _teams_card(message: dict[str, Any]) -> dict[str, Any]:
 
 
 def _alert_rows(conn: Conn) -> list[tuple[object, ...]]:
-    return conn.execute(
-        "SELECT channel, kind, status FROM selfheal_alerts ORDER BY id"
-    ).fetchall()
+    return conn.execute("SELECT channel, kind, status FROM selfheal_alerts ORDER BY id").fetchall()
 
 
 def _no_secret_anywhere(daemon: DaemonProcess, conn: Conn) -> None:
@@ -152,9 +150,7 @@ def test_a_failure_is_announced_once_in_each_channel_with_what_admins_need(
         card = json.dumps(_teams_card(teams), ensure_ascii=False)
         for expected in ("Integration Failure Detected", "billing", str(event_id)):
             assert expected in card
-        wait_until(
-            conn, "SELECT count(*) FROM selfheal_alerts WHERE status = 'delivered'", (), 2
-        )
+        wait_until(conn, "SELECT count(*) FROM selfheal_alerts WHERE status = 'delivered'", (), 2)
         assert _alert_rows(conn) == [
             ("slack", "failure", "delivered"),
             ("teams", "failure", "delivered"),
@@ -164,3 +160,305 @@ def test_a_failure_is_announced_once_in_each_channel_with_what_admins_need(
         assert len(daemon.events("alert.delivered")) == 2
         _no_secret_anywhere(daemon, conn)
     assert daemon.terminate() == 0
+
+
+def _groups(conn: Conn) -> list[tuple[object, ...]]:
+    return conn.execute(
+        "SELECT failures - episode_base, reported_failures, closed_at IS NOT NULL,"
+        " next_check_at IS NULL FROM selfheal_alert_groups ORDER BY opened_at"
+    ).fetchall()
+
+
+def test_a_burst_of_identical_failures_gives_one_alert_per_channel_and_one_digest(
+    db_url: str, webhooks: Webhooks, daemons: list[DaemonProcess]
+) -> None:
+    # (Data failures would disable the service at the fifth: not what this test is about.)
+    daemon = _daemon(
+        db_url,
+        daemons,
+        **QUICK,
+        SELFHEAL_ALERT_GROUP_INTERVAL_SECONDS="1",
+        SELFHEAL_DISABLE_DATA_AFTER="100000",
+        **webhooks.env,
+    )
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        _data_failure(conn)
+        webhooks.slack_posts(1)
+        webhooks.teams_posts(1)
+        conn.execute(
+            "INSERT INTO integration_events (service_name, event_type, payload, status,"
+            " error_code, error_message, http_status)"
+            " SELECT 'billing', 'invoice.create', '{}', 'error', 'validation_error',"
+            " 'amount is required (row ' || g || ')', 422 FROM generate_series(1, 999) g"
+        )
+        # The digest reported all 1,000 and nothing is left to say: the group rests.
+        wait_until(
+            conn,
+            "SELECT reported_failures = 1000 AND next_check_at IS NULL FROM selfheal_alert_groups",
+            (),
+            True,
+        )
+        wait_until(conn, "SELECT count(*) FROM selfheal_alerts WHERE status = 'queued'", (), 0)
+        assert _alert_rows(conn) == [
+            ("slack", "failure", "delivered"),
+            ("teams", "failure", "delivered"),
+            ("slack", "digest", "delivered"),
+            ("teams", "digest", "delivered"),
+        ]
+        [_, digest] = webhooks.slack_posts(2)
+        assert "and 999 more since" in _slack_text(digest)
+        [_, digest_card] = webhooks.teams_posts(2)
+        assert "999 more" in json.dumps(_teams_card(digest_card), ensure_ascii=False)
+        assert len(webhooks.slack_requests()) == len(webhooks.teams_requests()) == 2
+    assert daemon.terminate() == 0
+
+
+class HeldApi:
+    """An integration API whose replays wait until `release()`, then succeed."""
+
+    def __init__(self) -> None:
+        self.released = threading.Event()
+
+    def __call__(self, request: Request) -> Response:
+        self.released.wait(30)
+        return Response(200, {"ok": True})
+
+    def release(self) -> None:
+        self.released.set()
+
+
+def _network_failure(conn: Conn, api: StubServer) -> Any:
+    return insert_failure(
+        conn,
+        service_name="stripe",
+        http_status=503,
+        error_code=None,
+        error_message="service unavailable",
+        endpoint=api.url + "/v1/charges",
+    )
+
+
+def test_a_group_that_heals_within_the_wait_sends_nothing(
+    db_url: str, webhooks: Webhooks, api: StubServer, daemons: list[DaemonProcess]
+) -> None:
+    api.route("POST", "/v1/charges", Response(200, {"ok": True}))
+    daemon = _daemon(
+        db_url, daemons, **{**QUICK, "SELFHEAL_ALERT_GROUP_WAIT_SECONDS": "1"}, **webhooks.env
+    )
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        for _ in range(3):
+            _network_failure(conn, api)
+        # Closed, quietly, once the wait was over: every failure had healed.
+        wait_until(
+            conn, "SELECT bool_and(closed_at IS NOT NULL) FROM selfheal_alert_groups", (), True
+        )
+        assert _groups(conn) == [(0, 0, True, True)]
+        assert _alert_rows(conn) == []
+    assert webhooks.server.requests() == []
+    assert daemon.events("alert.queued") == []
+    assert daemon.terminate() == 0
+
+
+def test_recovered_closes_the_group_with_totals_and_a_regression_alerts_again(
+    db_url: str, webhooks: Webhooks, api: StubServer, daemons: list[DaemonProcess]
+) -> None:
+    held = HeldApi()
+    api.route("POST", "/v1/charges", held)
+    daemon = _daemon(db_url, daemons, **QUICK, **webhooks.env)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        for _ in range(3):
+            _network_failure(conn, api)
+        [detected] = webhooks.slack_posts(1)
+        assert "Integration Failure Detected" in _slack_text(detected)
+        wait_until(conn, "SELECT failures FROM selfheal_alert_groups", (), 3)
+        held.release()
+        [_, recovered] = webhooks.slack_posts(2)
+        [_, recovered_card] = webhooks.teams_posts(2)
+        text = _slack_text(recovered)
+        assert "Integration Recovered" in text
+        assert "3" in text and "service unavailable" in text
+        assert "Integration Recovered" in json.dumps(_teams_card(recovered_card))
+        wait_until(conn, "SELECT closed_at IS NOT NULL FROM selfheal_alert_groups", (), True)
+
+        # It fails again: a regression, announced again.
+        held.released.clear()
+        _network_failure(conn, api)
+        [*_, again] = webhooks.slack_posts(3)
+        assert "Failing Again" in _slack_text(again)
+        held.release()
+        webhooks.slack_posts(4)  # ...and it recovers again
+        kinds = [kind for channel, kind, _ in _alert_rows(conn) if channel == "slack"]
+        assert kinds == ["failure", "recovered", "failure", "recovered"]
+        _no_secret_anywhere(daemon, conn)
+    assert daemon.terminate() == 0
+
+
+def test_an_alert_is_delivered_after_the_webhook_answered_500_three_times(
+    db_url: str, webhooks: Webhooks, daemons: list[DaemonProcess]
+) -> None:
+    webhooks.slack([Response(500, "rollup_error")] * 3 + [Response(200, b"ok")])
+    daemon = _daemon(db_url, daemons, **QUICK, **webhooks.env)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        _data_failure(conn)
+        posts = webhooks.slack_posts(4)
+        assert all(post == posts[0] for post in posts)  # the same message, again
+        wait_until(
+            conn, "SELECT status FROM selfheal_alerts WHERE channel = 'slack'", (), "delivered"
+        )
+        retries = daemon.events("alert.retry")
+        assert len(retries) == 3 and all("500 rollup_error" in r["error"] for r in retries)
+        assert len(webhooks.teams_requests()) == 1  # Teams was not held by Slack's trouble
+        _no_secret_anywhere(daemon, conn)
+    assert daemon.terminate() == 0
+
+
+def test_a_429_holds_the_webhook_for_its_retry_after(
+    db_url: str, webhooks: Webhooks, daemons: list[DaemonProcess]
+) -> None:
+    webhooks.slack([Response(429, "rate_limited", {"retry-after": "1"}), Response(200, b"ok")])
+    daemon = _daemon(db_url, daemons, **QUICK, **webhooks.env)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        _data_failure(conn)
+        _data_failure(conn, service="shipping")
+        first, second, third = webhooks.server.wait_for_requests(3, SLACK_PATH)
+        # Nothing went to that webhook until its Retry-After had passed, then in order.
+        assert second.received_at - first.received_at >= 1.0
+        assert second.body == first.body and third.body != first.body
+        wait_until(
+            conn,
+            "SELECT count(*) FROM selfheal_alerts WHERE channel = 'slack' AND status = 'delivered'",
+            (),
+            2,
+        )
+        [retry] = daemon.events("alert.retry")
+        assert retry["retry_in"] == 1.0
+    assert daemon.terminate() == 0
+
+
+def test_a_permanent_4xx_marks_the_alert_dead_flags_the_channel_and_does_not_retry(
+    db_url: str, webhooks: Webhooks, daemons: list[DaemonProcess]
+) -> None:
+    webhooks.slack(Response(404, "channel_not_found"))
+    daemon = _daemon(db_url, daemons, **QUICK, **webhooks.env)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        _data_failure(conn)
+        wait_until(conn, "SELECT status FROM selfheal_alerts WHERE channel = 'slack'", (), "dead")
+        _data_failure(conn, service="shipping")
+        webhooks.teams_posts(2)
+        # The second message waits behind the broken channel: queued, never attempted.
+        wait_until(
+            conn,
+            "SELECT status || ':' || attempts FROM selfheal_alerts"
+            " WHERE channel = 'slack' ORDER BY id DESC LIMIT 1",
+            (),
+            "queued:0",
+        )
+        assert len(webhooks.slack_requests()) == 1
+        [dead] = daemon.events("alert.dead")
+        assert dead["channel"] == "slack" and "404 channel_not_found" in dead["reason"]
+        assert daemon.events("alert.channel_broken")[0]["reason"] == dead["reason"]
+        status = _status(db_url)
+        [slack] = [c for c in status["alerts"]["channels"] if c["channel"] == "slack"]
+        assert slack["broken_reason"] == "HTTP 404 channel_not_found"
+        assert slack["queued"] == 1 and slack["dead"] == 1
+        _no_secret_anywhere(daemon, conn)
+    assert daemon.terminate() == 0
+
+
+def _status(db_url: str) -> dict[str, Any]:
+    import os
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "selfheal", "status", "--json"],
+        env={**os.environ, "DATABASE_URL": db_url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    status: dict[str, Any] = json.loads(done.stdout)
+    return status
+
+
+class HoldFirst:
+    """Holds the first request until released (the daemon is killed meanwhile), answers
+    every later one with `ok`; counts them."""
+
+    def __init__(self) -> None:
+        self.arrived = threading.Event()
+        self.release = threading.Event()
+        self.count = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, request: Request) -> Response:
+        with self._lock:
+            self.count += 1
+            first = self.count == 1
+        if first:
+            self.arrived.set()
+            self.release.wait(30)
+            return Response(500, "too late")
+        return Response(200, b"ok")
+
+
+def test_a_daemon_killed_mid_delivery_delivers_once_after_restart(
+    db_url: str, webhooks: Webhooks, daemons: list[DaemonProcess]
+) -> None:
+    hold = HoldFirst()
+    webhooks.slack(hold)
+    quick_lease = {"SELFHEAL_LEASE_SECONDS": "1", "SELFHEAL_HTTP_TIMEOUT_SECONDS": "1"}
+    first = _daemon(db_url, daemons, **QUICK, **quick_lease, **webhooks.env)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        _data_failure(conn)
+        assert hold.arrived.wait(30)
+        first.kill()
+        hold.release.set()
+        second = _daemon(db_url, daemons, **QUICK, **quick_lease, **webhooks.env)
+        wait_until(
+            conn, "SELECT status FROM selfheal_alerts WHERE channel = 'slack'", (), "delivered"
+        )
+        assert hold.count == 2  # the one cut off by the kill, and exactly one after it
+        assert len(second.events("alert.delivered")) >= 1
+        row = conn.execute(
+            "SELECT attempts FROM selfheal_alerts WHERE channel = 'slack'"
+        ).fetchone()
+        assert row == (2,)
+    assert second.terminate() == 0
+
+
+def test_two_daemons_deliver_each_alert_once(
+    db_url: str, webhooks: Webhooks, daemons: list[DaemonProcess]
+) -> None:
+    one = _daemon(db_url, daemons, **QUICK, **webhooks.env)
+    two = _daemon(db_url, daemons, **QUICK, **webhooks.env)
+    services = [f"service-{n}" for n in range(12)]
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        for service in services:
+            _data_failure(conn, service=service)
+        wait_until(conn, "SELECT count(*) FROM selfheal_alerts WHERE status = 'delivered'", (), 24)
+        slack = [r.json() for r in webhooks.slack_requests()]
+        teams = [r.json() for r in webhooks.teams_requests()]
+        assert len(slack) == len(teams) == len(services)
+        for service in services:
+            assert (
+                sum(
+                    f"{service}\\n" in _slack_text(m)
+                    or f"`{service}`" in _slack_text(m)
+                    or _mentions(m, service)
+                    for m in slack
+                )
+                == 1
+            )
+        delivered = len(one.events("alert.delivered")) + len(two.events("alert.delivered"))
+        assert delivered == 24
+        _no_secret_anywhere(one, conn)
+        _no_secret_anywhere(two, conn)
+    assert one.terminate() == 0 and two.terminate() == 0
+
+
+def _mentions(message: dict[str, Any], service: str) -> bool:
+    """Whether a message is about `service` (and not about service-10 when asked for -1)."""
+    text = _slack_text(message)
+    return any(text.count(f"{service}{end}") for end in ('"', " ", "*", "\\n", ")"))

@@ -39,17 +39,21 @@ __all__ = [
 #: instead of merging into old ones.
 FINGERPRINT_VERSION = "v1"
 
-# Long numbers and hex ids in a code are request or object ids, not kinds of failure.
-_IDS = re.compile(r"\b(?=[0-9a-f-]*\d)[0-9a-f]{8,}(?:-[0-9a-f]{4,})*\b|\d{6,}")
-_SEPARATORS = re.compile(r"[^a-z0-9_.:-]+")
+# Request and object ids in a code are not kinds of failure: uuids, long runs of digits,
+# and long tokens of letters and digits (req_8f3a9b2c1d4e5f60, ch_3MmlLrLkdIwHu7ix0snN0B15).
+_IDS = re.compile(
+    r"(?<![a-z0-9])(?:[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12}"
+    r"|(?=[a-z]*\d)[a-z0-9]{10,}|\d{6,})(?![a-z0-9])"
+)
+_SEPARATORS = re.compile(r"[^a-z0-9_.:#-]+")
 _CODE_LENGTH = 64
 
 
 def alert_code(error_code: str | None, http_status: int | None) -> str:
-    """The normalized error code of a failure: lower case, ids folded, at most 64 chars;
-    ``http_503`` without a code, ``none`` without either."""
+    """The normalized error code of a failure: lower case, ids folded to ``#``, at most 64
+    chars; ``http_503`` without a code, ``none`` without either."""
     if error_code:
-        code = _IDS.sub("#", error_code.strip().lower()[: 4 * _CODE_LENGTH])
+        code = _IDS.sub("#", error_code.strip().lower()[:1000])
         code = _SEPARATORS.sub("_", code).strip("_")[:_CODE_LENGTH]
         if code:
             return code

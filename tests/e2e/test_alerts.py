@@ -462,3 +462,111 @@ def _mentions(message: dict[str, Any], service: str) -> bool:
     """Whether a message is about `service` (and not about service-10 when asked for -1)."""
     text = _slack_text(message)
     return any(text.count(f"{service}{end}") for end in ('"', " ", "*", "\\n", ")"))
+
+
+def test_a_disable_alerts_with_the_reason_the_command_and_the_dashboard_link(
+    db_url: str, webhooks: Webhooks, daemons: list[DaemonProcess]
+) -> None:
+    dashboard = "https://ops.example.com/selfheal"
+    # The second data failure in a row disables (each counted before the next arrives).
+    daemon = _daemon(
+        db_url,
+        daemons,
+        **QUICK,
+        SELFHEAL_DASHBOARD_URL=dashboard,
+        SELFHEAL_DISABLE_DATA_AFTER="2",
+        **webhooks.env,
+    )
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        _data_failure(conn)
+        wait_until(conn, "SELECT bool_and(counted) FROM system_integrity_events", (), True)
+        _data_failure(conn)
+        wait_until(conn, "SELECT auto_recovery_enabled FROM integrations_master", (), False)
+        wait_until(conn, "SELECT count(*) FROM selfheal_alerts WHERE kind = 'disabled'", (), 2)
+        wait_until(conn, "SELECT count(*) FROM selfheal_alerts WHERE status = 'queued'", (), 0)
+        slack = [r.json() for r in webhooks.slack_requests()]
+        [disabled] = [m for m in slack if "Integration Disabled" in _slack_text(m)]
+        text = _slack_text(disabled)
+        assert "2 consecutive data failures" in text and "selfheal enable billing" in text
+        buttons = [e for b in disabled["blocks"] if b["type"] == "actions" for e in b["elements"]]
+        assert [b["url"] for b in buttons] == [dashboard]
+        # The failure before warned: the next one disables.
+        [warning] = [m for m in slack if "Recovery Attempt" in _slack_text(m)]
+        assert "one more unhealed data failure disables billing" in _slack_text(warning)
+        assert "1/2" in _slack_text(warning)
+        teams = [r.json() for r in webhooks.teams_requests()]
+        [card] = [_teams_card(m) for m in teams if "Integration Disabled" in json.dumps(m)]
+        assert [a["url"] for a in card["actions"]] == [dashboard]
+        assert "selfheal enable billing" in json.dumps(card)
+    assert daemon.terminate() == 0
+
+
+def test_a_token_refresh_and_a_circuit_that_opens_are_recovery_attempts(
+    db_url: str, webhooks: Webhooks, api: StubServer, daemons: list[DaemonProcess]
+) -> None:
+    from psycopg.types.json import Jsonb
+
+    from tests.support.http import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, OAuthTokenEndpoint
+
+    endpoint = OAuthTokenEndpoint(refresh_token="rt-1")
+    api.route("POST", "/oauth/token", endpoint)
+    api.route("POST", "/api/chat.postMessage", Response(200, {"ok": True}))
+    api.route("POST", "/v1/charges", Response(503, "service unavailable"))
+    daemon = _daemon(db_url, daemons, **QUICK, **webhooks.env)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        oauth = {
+            "token_url": api.url + "/oauth/token",
+            "client_id": DEFAULT_CLIENT_ID,
+            "client_secret": DEFAULT_CLIENT_SECRET,
+        }
+        row = conn.execute(
+            "INSERT INTO integrations_master (service_name, oauth_config, allowed_hosts)"
+            " VALUES ('slack', %s, %s) RETURNING id",
+            (Jsonb(oauth), [api.url.removeprefix("http://")]),
+        ).fetchone()
+        assert row is not None
+        user_id = __import__("uuid").uuid4()
+        conn.execute(
+            "INSERT INTO user_integrations (user_id, integration_id, access_token, refresh_token)"
+            " VALUES (%s, %s, 'old-token', 'rt-1')",
+            (user_id, row[0]),
+        )
+        insert_failure(conn, user_id=user_id, endpoint=api.url + "/api/chat.postMessage")
+        for _ in range(6):  # a service down: its circuit opens
+            _network_failure(conn, api)
+        wait_until(conn, "SELECT count(*) FROM selfheal_alerts WHERE kind = 'attempt'", (), 4)
+        wait_until(conn, "SELECT count(*) FROM selfheal_alerts WHERE status = 'queued'", (), 0)
+        attempts = [
+            _slack_text(r.json())
+            for r in webhooks.slack_requests()
+            if "Recovery Attempt" in _slack_text(r.json())
+        ]
+        [refresh] = [a for a in attempts if "refreshed the OAuth token" in a]
+        assert "1/3" in refresh and "invalid_auth" in refresh
+        [circuit] = [a for a in attempts if "circuit opened" in a]
+        assert "stripe" in circuit and "service unavailable" in circuit
+        assert endpoint.refresh_count == 1
+        _no_secret_anywhere(daemon, conn)
+        logged = "".join(daemon.raw)
+        assert "old-token" not in logged and endpoint.current_access_token not in logged
+    assert daemon.terminate() == 0
+
+
+def test_a_retired_teams_connector_url_fails_at_start_with_one_line(db_url: str) -> None:
+    import os
+    import subprocess
+    import sys
+
+    url = f"https://contoso.webhook.office.com/webhookb2/{TEAMS_SIGNATURE}/IncomingWebhook/x"
+    done = subprocess.run(
+        [sys.executable, "-m", "selfheal", "run"],
+        env={**os.environ, "DATABASE_URL": db_url, "MICROSOFT_TEAMS_WEBHOOK_URL": url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0
+    assert "MICROSOFT_TEAMS_WEBHOOK_URL" in done.stderr and "Workflows" in done.stderr
+    assert TEAMS_SIGNATURE not in done.stderr + done.stdout

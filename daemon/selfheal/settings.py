@@ -93,14 +93,13 @@ class Settings(BaseSettings):
     @field_validator("slack_webhook_url", "teams_webhook_url")
     @classmethod
     def _webhook_url(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
-        if value is None or not value.get_secret_value().strip():
+        url = "" if value is None else value.get_secret_value().strip()
+        if not url:
             return None
-        problem = webhook_url_problem(
-            value.get_secret_value(), teams=info.field_name == "teams_webhook_url"
-        )
+        problem = webhook_url_problem(url, teams=info.field_name == "teams_webhook_url")
         if problem:
             raise ValueError(problem)  # the message never holds the URL: it is a secret
-        return value
+        return SecretStr(url)
 
     @field_validator("dashboard_url")
     @classmethod
@@ -159,13 +158,18 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as exc:
         error = exc.errors()[0]
         name = _env_name(error["loc"])
-        raise ConfigError(f"invalid configuration: {name}: {error['msg']}") from exc
+        # Not chained: the validation error holds the input, and a webhook URL is a secret.
+        raise ConfigError(f"invalid configuration: {name}: {error['msg']}") from None
 
 
 def webhook_url_problem(url: str, *, teams: bool) -> str | None:
     """What is wrong with a webhook URL, in words that do not repeat it (None: nothing)."""
-    parts = urlsplit(url.strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is no number
+    except ValueError:
+        return "must be an http(s) URL"
+    if parts.scheme not in ("http", "https") or not parts.hostname or " " in url:
         return "must be an http(s) URL"
     host = parts.hostname.lower()
     retired = host.endswith(".webhook.office.com") or (

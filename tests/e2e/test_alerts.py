@@ -570,3 +570,18 @@ def test_a_retired_teams_connector_url_fails_at_start_with_one_line(db_url: str)
     assert done.stderr.strip().count("\n") == 0
     assert "MICROSOFT_TEAMS_WEBHOOK_URL" in done.stderr and "Workflows" in done.stderr
     assert TEAMS_SIGNATURE not in done.stderr + done.stdout
+
+
+def test_an_error_page_that_echoes_the_webhook_path_leaks_nothing(
+    db_url: str, webhooks: Webhooks, daemons: list[DaemonProcess]
+) -> None:
+    webhooks.slack(Response(404, f"Cannot POST {SLACK_PATH}"))
+    daemon = _daemon(db_url, daemons, **QUICK, **webhooks.env)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        _data_failure(conn)
+        wait_until(conn, "SELECT status FROM selfheal_alerts WHERE channel = 'slack'", (), "dead")
+        [dead] = daemon.events("alert.dead")
+        assert dead["reason"] == "HTTP 404 Cannot POST [webhook]"
+        _no_secret_anywhere(daemon, conn)
+        assert SLACK_SECRET not in json.dumps(_status(db_url))
+    assert daemon.terminate() == 0

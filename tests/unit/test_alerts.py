@@ -767,3 +767,16 @@ def test_a_secret_url_in_the_answer_never_reaches_the_reason() -> None:
 def test_a_long_answer_gives_a_short_reason() -> None:
     attempted = deliver(WebhookAnswer(400, "x" * 5000))
     assert attempted.error is not None and len(attempted.error) <= 200
+
+
+def test_a_webhook_url_is_checked_at_start_and_kept_without_surrounding_space() -> None:
+    from selfheal.settings import ConfigError, load_settings
+
+    settings = load_settings(SLACK_WEBHOOK_URL="https://hooks.slack.com/services/T/B/x\n")
+    assert settings.slack_webhook_url is not None
+    assert settings.slack_webhook_url.get_secret_value() == "https://hooks.slack.com/services/T/B/x"
+    for bad in ("https://hooks.slack.com:abc/services/T/B/x", "hooks.slack.com/x", "ftp://h/x"):
+        with pytest.raises(ConfigError) as caught:
+            load_settings(SLACK_WEBHOOK_URL=bad)
+        assert "SLACK_WEBHOOK_URL" in str(caught.value) and "/x" not in str(caught.value)
+        assert caught.value.__cause__ is None and caught.value.__suppress_context__

@@ -183,7 +183,8 @@ def advance(group: AlertGroup, policy: AlertPolicy, now: datetime) -> Advanced:
             noticed[key] = now.isoformat()
     g = replace(g, notices={}, noticed=noticed)
     if g.healed:
-        alerts.append(_recovered(g, now))
+        if g.episode_failures > 0:  # a group made by a notice only has nothing to recover
+            alerts.append(_recovered(g, now))
         return Advanced(_closed(g, now), tuple(alerts))
     if g.failures > g.reported_failures and g.reported_at is not None:
         if now >= g.reported_at + policy.group_interval:

@@ -47,11 +47,14 @@ class Outbox:
         messages queued. The decisions go by the database's clock, as the times they
         compare were written by it."""
         async with self._store._transaction() as conn:
-            async with conn.cursor(row_factory=kwargs_row(_due)) as cur:
-                await cur.execute(queries.ALERT_GROUPS_DUE, {"limit": limit})
-                groups = await cur.fetchall()
-            if not groups:
+            async with conn.cursor(row_factory=tuple_row) as cur:
+                await cur.execute(queries.LOCK_DUE_ALERT_GROUPS, {"limit": limit})
+                locked = [fingerprint for (fingerprint,) in await cur.fetchall()]
+            if not locked:
                 return 0, []
+            async with conn.cursor(row_factory=kwargs_row(_due)) as cur:
+                await cur.execute(queries.LOCKED_ALERT_GROUPS, {"fingerprints": locked})
+                groups = await cur.fetchall()
             looked = [decide(group, now) for now, group in groups]
             alerts = [(a, adv.group.fingerprint) for adv in looked for a in adv.alerts]
             params = {
@@ -94,11 +97,16 @@ class Outbox:
         )
         return rows[0] if rows else None
 
-    async def attempted(self, claimed: ClaimedAlert, channel: Channel, result: Attempted) -> None:
+    async def attempted(
+        self, claimed: ClaimedAlert, channel: Channel, owner: str, result: Attempted
+    ) -> None:
+        """Write what the attempt decided (the message's part only while this sender still
+        holds its lease)."""
         await self._store._execute(
             queries.ALERT_ATTEMPTED,
             {
                 "id": claimed.id,
+                "owner": owner,
                 "channel": channel.value,
                 "status": result.status,
                 "error": result.error,

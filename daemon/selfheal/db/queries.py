@@ -82,8 +82,9 @@ WITH done AS (
         %(reasons)s::text[], %(categories)s::text[], %(actions)s::text[],
         %(signals)s::text[], %(next_retry_at)s::timestamptz[], %(alert_groups)s::text[],
         %(alert_codes)s::text[]
-    ) AS r(event_id, service_name, user_id, failure_reason, failure_category, action_taken,
-           analyzer_signals, next_retry_at, alert_group, alert_code)
+    ) WITH ORDINALITY AS r(event_id, service_name, user_id, failure_reason, failure_category,
+                           action_taken, analyzer_signals, next_retry_at, alert_group,
+                           alert_code, ord)
 ), recorded AS (
     INSERT INTO system_integrity_events (
         event_id, service_name, user_id, failure_reason, failure_category, action_taken,
@@ -92,7 +93,7 @@ WITH done AS (
     SELECT r.event_id, r.service_name, r.user_id, r.failure_reason, r.failure_category,
            r.action_taken, r.analyzer_signals::jsonb, 'pending', r.next_retry_at,
            r.alert_group, clock_timestamp(), clock_timestamp()
-    FROM r
+    FROM r ORDER BY r.ord
     ON CONFLICT (event_id) DO NOTHING
     RETURNING id, event_id
 ), grouped AS (
@@ -105,7 +106,7 @@ WITH done AS (
            count(*) OVER (PARTITION BY r.alert_group), r.event_id, r.failure_reason,
            r.action_taken, now(), now(), now() + make_interval(secs => %(group_wait)s)
     FROM r JOIN recorded USING (event_id)
-    ORDER BY r.alert_group, r.event_id
+    ORDER BY r.alert_group, r.ord
     ON CONFLICT (fingerprint) DO UPDATE
     SET failures = g.failures + EXCLUDED.failures,
         sample_event_id = COALESCE(g.sample_event_id, EXCLUDED.sample_event_id),
@@ -683,7 +684,8 @@ WITH o AS (
         next_check_at = LEAST(g.next_check_at, now())
     WHERE EXCLUDED.notices <> '{}'::jsonb
        OR (g.alerted_at IS NOT NULL AND g.closed_at IS NULL
-           AND (g.next_check_at IS NULL OR g.next_check_at > now()))
+           AND (EXCLUDED.resolution IS NOT NULL OR g.next_check_at IS NULL
+                OR g.next_check_at > now()))
 ), notified AS (
     SELECT pg_notify(%(channel)s, count(*)::text) FROM records
 )
@@ -745,8 +747,17 @@ WHERE id = %(id)s
 # --- alerts -------------------------------------------------------------------------------
 
 # Alert groups the notifier should look at, locked for its look (another daemon's notifier
-# skips them); with whether every failure of the group healed, and where its sample stands.
-ALERT_GROUPS_DUE: LiteralString = """
+# skips them). Locked first, read after: a statement's own snapshot predates the locks it
+# waits for, and "has every failure healed?" must see what committed before the lock.
+LOCK_DUE_ALERT_GROUPS: LiteralString = """
+SELECT fingerprint FROM selfheal_alert_groups
+WHERE next_check_at <= now()
+ORDER BY next_check_at
+LIMIT %(limit)s
+FOR UPDATE SKIP LOCKED
+"""
+# The locked groups, with whether every failure of each healed, and where its sample stands.
+LOCKED_ALERT_GROUPS: LiteralString = """
 SELECT g.fingerprint, g.service_name, g.category, g.error_code, g.failures, g.opened_at,
        g.episode_base, g.sample_event_id, g.sample_error, g.sample_plan, g.sample_at,
        g.alerted_at, g.reported_failures, g.reported_at, g.closed_at, g.regression,
@@ -757,10 +768,7 @@ SELECT g.fingerprint, g.service_name, g.category, g.error_code, g.failures, g.op
         WHERE s.event_id = g.sample_event_id) AS sample_status,
        now() AS looked_at
 FROM selfheal_alert_groups g
-WHERE g.next_check_at <= now()
-ORDER BY g.next_check_at
-LIMIT %(limit)s
-FOR UPDATE OF g SKIP LOCKED
+WHERE g.fingerprint = ANY (%(fingerprints)s::text[])
 """
 
 # The groups after the look (core/alerts.advance) and their messages, one row per
@@ -853,7 +861,7 @@ WITH alert AS (
     SET status = %(status)s::text, last_error = %(error)s::text,
         lease_owner = NULL, lease_until = NULL,
         delivered_at = CASE WHEN %(status)s::text = 'delivered' THEN now() END
-    WHERE id = %(id)s
+    WHERE id = %(id)s AND lease_owner = %(owner)s
 )
 UPDATE selfheal_alert_channels
 SET failures = %(failures)s,

@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Self
+from urllib.parse import urlsplit
 
 import anyio
 import httpx
@@ -40,7 +41,7 @@ class Webhooks:
                     "POST", url, content=body, headers={"Content-Type": "application/json"}
                 ) as response:
                     sample = await _start_of(response)
-        except (httpx.HTTPError, OSError, TimeoutError) as exc:
+        except (httpx.HTTPError, httpx.InvalidURL, OSError, TimeoutError) as exc:
             # The exception's text may quote the URL: only its name is kept.
             return WebhookAnswer(None, error=type(exc).__name__)
         retry_after = None
@@ -48,7 +49,7 @@ class Webhooks:
             retry_after = parse_retry_after(
                 response.headers.get("retry-after"), datetime.now(UTC), _MAX_RETRY_AFTER
             )
-        return WebhookAnswer(response.status_code, sample, retry_after)
+        return WebhookAnswer(response.status_code, _without(url, sample), retry_after)
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -64,6 +65,15 @@ class Webhooks:
     ) -> None:
         with anyio.CancelScope(shield=True):
             await self.aclose()
+
+
+def _without(url: str, body: str) -> str:
+    """The body without the URL or its secret parts (an error page may echo the path)."""
+    parts = urlsplit(url)
+    for secret in (url, parts.path, parts.query):
+        if len(secret) > 1:
+            body = body.replace(secret, "[webhook]")
+    return body
 
 
 async def _start_of(response: httpx.Response) -> str:

@@ -20,8 +20,9 @@ from selfheal.core.alerts import (
 )
 from selfheal.core.messages import render
 from selfheal.db.outbox import Outbox
+from selfheal.errors import PermanentError
 from selfheal.http.webhooks import Webhooks
-from selfheal.logs import get_logger
+from selfheal.logs import error_fields, get_logger
 from selfheal.models import Channel, ClaimedAlert, alert_from_row
 from selfheal.services.base import Every, Service, Wakeup, retry_until_done
 
@@ -57,6 +58,13 @@ class Notifier(Service):
         self._last_look = -_LOOK_SPACING
 
     async def step(self) -> float | None:
+        try:
+            return await self._look()
+        except PermanentError as exc:  # never the daemon's end: healing goes on without it
+            log.error("notifier.failed", **error_fields(exc))
+            return None
+
+    async def _look(self) -> float | None:
         await anyio.sleep(max(0.0, self._last_look + _LOOK_SPACING - anyio.current_time()))
         self._last_look = anyio.current_time()
         if self._pruning.due():
@@ -114,6 +122,13 @@ class Sender(Service):
         self._registered = False
 
     async def step(self) -> float | None:
+        try:
+            return await self._send_next()
+        except PermanentError as exc:  # never the daemon's end: healing goes on without it
+            log.error("sender.failed", channel=self.channel.value, **error_fields(exc))
+            return None
+
+    async def _send_next(self) -> float | None:
         if not self._registered:
             await self._register()
         claimed = await self._outbox.claim(
@@ -126,7 +141,7 @@ class Sender(Service):
         result = await self._deliver(claimed)
         await retry_until_done(
             "sender",
-            partial(self._outbox.attempted, claimed, self.channel, result),
+            partial(self._outbox.attempted, claimed, self.channel, self._owner, result),
             self._reconnect_cap,
         )
         self._log(claimed, result)

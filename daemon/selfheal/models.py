@@ -429,6 +429,10 @@ class AlertKind(enum.StrEnum):
     DISABLED = "disabled"  # Integration Disabled
 
 
+#: The user connections one Disabled message names; the rest it counts.
+LISTED_USER_IDS = 10
+
+
 class Channel(enum.StrEnum):
     SLACK = "slack"
     TEAMS = "teams"

@@ -11,8 +11,10 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
+from selfheal.core.ratelimit import DEFAULT_MAX_WAIT
 from selfheal.core.sanitize import scrub_text
 from selfheal.models import (
+    LISTED_USER_IDS,
     Alert,
     AlertGroup,
     AlertKind,
@@ -265,9 +267,6 @@ def _attempt(g: AlertGroup, notice: Mapping[str, Any]) -> Alert:
     )
 
 
-_LISTED_USERS = 10
-
-
 def _disabled(g: AlertGroup, disables: Mapping[str, Mapping[str, Any]]) -> list[Alert]:
     """One message for the service's disable, one for its user connections' (listed)."""
     alerts = []
@@ -287,8 +286,8 @@ def _disable_alert(g: AlertGroup, notice: Mapping[str, Any], user_ids: list[str]
         AlertKind.DISABLED,
         reason=str(notice.get("reason", "")),
         failures=int(notice.get("failures", 0)),
-        user_ids=tuple(user_ids[:_LISTED_USERS]),
-        more_user_ids=max(0, len(user_ids) - _LISTED_USERS),
+        user_ids=tuple(user_ids[:LISTED_USER_IDS]),
+        more_user_ids=max(0, len(user_ids) - LISTED_USER_IDS),
     )
 
 
@@ -311,7 +310,7 @@ class DeliveryPolicy:
     retry_base: float = 1.0  # the first wait after a failure; doubling, jittered
     retry_cap: float = 300.0
     broken_probe: float = 900.0  # a broken channel tries its next message this often
-    max_hold: float = 3600.0  # the longest Retry-After honoured
+    max_hold: float = DEFAULT_MAX_WAIT  # the longest Retry-After honoured
 
 
 @dataclass(frozen=True, slots=True)

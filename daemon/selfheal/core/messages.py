@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from selfheal.core.sanitize import storable_text
-from selfheal.models import Alert, AlertKind, Channel
+from selfheal.models import LISTED_USER_IDS, Alert, AlertKind, Channel
 
 __all__ = ["render", "slack_message", "teams_message"]
 
@@ -30,7 +30,6 @@ _ERROR_LIMIT = 2_500
 _COMMANDS_LIMIT = 1_500
 _SUMMARY_LIMIT = 300
 _FOOTER_LIMIT = 200
-_LISTED_USERS = 10
 # Work on a huge text is bounded: only this much beyond the limit is ever read.
 _WINDOW_MARGIN = 64
 
@@ -220,7 +219,7 @@ def _recovered(alert: Alert) -> _Content:
 
 
 def _disabled(alert: Alert) -> _Content:
-    listed = alert.user_ids[:_LISTED_USERS]
+    listed = alert.user_ids[:LISTED_USER_IDS]
     more = alert.more_user_ids + len(alert.user_ids) - len(listed)
     users = ", ".join(_cut(_untrusted(user, _USER_ID_LIMIT), _USER_ID_LIMIT) for user in listed)
     if users and more > 0:
@@ -251,7 +250,7 @@ def _enable_commands(alert: Alert) -> str:
     if not alert.user_ids:
         return enable
     return "\n".join(
-        f"{enable} --user {shlex.quote(user)}" for user in alert.user_ids[:_LISTED_USERS]
+        f"{enable} --user {shlex.quote(user)}" for user in alert.user_ids[:LISTED_USER_IDS]
     )
 
 

@@ -19,7 +19,6 @@ from selfheal.http.clients import USER_AGENT
 __all__ = ["Webhooks"]
 
 _BODY_SAMPLE = 4096  # Slack's answers are a word; an error page is cut here
-_MAX_RETRY_AFTER = 3600.0
 
 
 class Webhooks:
@@ -46,9 +45,7 @@ class Webhooks:
             return WebhookAnswer(None, error=type(exc).__name__)
         retry_after = None
         if response.status_code == 429:
-            retry_after = parse_retry_after(
-                response.headers.get("retry-after"), datetime.now(UTC), _MAX_RETRY_AFTER
-            )
+            retry_after = parse_retry_after(response.headers.get("retry-after"), datetime.now(UTC))
         return WebhookAnswer(response.status_code, _without(url, sample), retry_after)
 
     async def aclose(self) -> None:

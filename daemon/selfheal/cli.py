@@ -16,6 +16,7 @@ from selfheal import __version__, app
 from selfheal.core.analyzer import analyze
 from selfheal.daemon import run_daemon
 from selfheal.db.outbox import Outbox
+from selfheal.db.questions import Questions
 from selfheal.errors import DatabaseUnavailable
 from selfheal.logs import configure_logging, error_fields, first_line, get_logger
 from selfheal.models import Failure
@@ -204,7 +205,17 @@ async def cmd_inject(settings: Settings, db: app.Database, args: argparse.Namesp
 
 async def cmd_status(settings: Settings, db: app.Database, args: argparse.Namespace) -> int:
     async with db.store(max_size=1) as store:
-        status = {**await store.status(), "alerts": await Outbox(store).status()}
+        status = {
+            **await store.status(),
+            "alerts": await Outbox(store).status(),
+            "llm": {
+                "enabled": settings.llm_off_reason() is None,
+                "off_reason": settings.llm_off_reason(),
+                "model": settings.llm_model,
+                "max_calls_per_hour": settings.llm_max_calls_per_hour,
+                **await Questions(store).status(),
+            },
+        }
     if args.json:
         _print_json(status)
     else:
@@ -289,6 +300,18 @@ def _print_status(status: dict[str, Any], out: TextIO) -> None:
             f"  channel {channel['channel']}: {health}; {channel['queued']} queued, "
             f"{channel['dead']} dead\n"
         )
+    llm = status["llm"]
+    state = f"on ({llm['model']})" if llm["enabled"] else f"off: {llm['off_reason']}"
+    out.write(
+        f"llm       {llm['calls']:>10} questions in 24 h  {state}\n"
+        f"  answered {llm['answered']}  failed {llm['failed']}  waiting {llm['waiting']}  "
+        f"last hour {llm['last_hour']}/{llm['max_calls_per_hour']}  "
+        f"latency mean {llm['mean_latency_ms'] or '-'} ms p90 {llm['p90_latency_ms'] or '-'} ms  "
+        f"tokens {llm['prompt_tokens']} in, {llm['completion_tokens']} out  "
+        f"retries stopped in {llm['groups_retry_stopped']} groups\n"
+    )
+    for reason, calls in llm["failures"].items():
+        out.write(f"  failed  {reason}: {calls}\n")
 
 
 if __name__ == "__main__":  # pragma: no cover

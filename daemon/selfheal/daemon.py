@@ -1,10 +1,12 @@
 """`selfheal run`: one anyio task group owning the listener, claimer, healer, scanner,
-notifier and alert senders."""
+notifier, alert senders and (with an LLM) the advisor."""
 
 from __future__ import annotations
 
 import signal
+from contextlib import AsyncExitStack
 from typing import Protocol
+from urllib.parse import urlsplit
 
 import anyio
 from anyio import CancelScope
@@ -12,10 +14,13 @@ from anyio.abc import TaskStatus
 
 from selfheal.app import owner_name
 from selfheal.db.outbox import Outbox
-from selfheal.db.store import Database
+from selfheal.db.questions import Questions
+from selfheal.db.store import Database, Store
+from selfheal.http.llm import LlmClient
 from selfheal.http.webhooks import Webhooks
 from selfheal.logs import get_logger
-from selfheal.services.base import Gate, Wakeup
+from selfheal.services.advisor import Advisor
+from selfheal.services.base import Gate, Service, Wakeup
 from selfheal.services.claimer import Claimer
 from selfheal.services.healer import open_healer
 from selfheal.services.listener import Listener
@@ -37,20 +42,23 @@ async def run_daemon(settings: Settings, db: Database, listen_conninfo: str | No
     owner = owner_name()
     claim_wakeup, scan_wakeup, heal_wakeup = Wakeup(), Wakeup(), Wakeup()
     backlog = Gate()  # diagnosing a backlog goes before recovering it
-    alerts_wakeup = Wakeup()
+    alerts_wakeup, advice_wakeup = Wakeup(), Wakeup()
     async with (
         db.store(settings.db_pool_size) as store,
         open_healer(
             store, settings, heal_wakeup, owner, backlog, on_alerts=alerts_wakeup.set
         ) as healer,
         Webhooks(settings.http_timeout_seconds) as webhooks,
+        AsyncExitStack() as stack,
     ):
+        advisor = await _advising(settings, store, stack, advice_wakeup, owner)
 
         def recorded(_: object) -> None:
             # New records are due at once: the healer hears of them as they are written,
-            # and the notifier of the alert groups they joined.
+            # the notifier of the alert groups they joined, the advisor of their questions.
             heal_wakeup.set()
             alerts_wakeup.set()
+            advice_wakeup.set()
 
         claimer = Claimer(store, settings, claim_wakeup, on_recorded=recorded, backlog=backlog)
         scanner = Scanner(store, settings, scan_wakeup, claim_wakeup)
@@ -77,7 +85,9 @@ async def run_daemon(settings: Settings, db: Database, listen_conninfo: str | No
                 await tg.start(listener.run)
             workers = anyio.create_task_group()
             async with workers:
-                services = (claimer, healer, scanner, notifier, *senders)
+                services: tuple[Service, ...] = (claimer, healer, scanner, notifier, *senders)
+                if advisor is not None:
+                    services += (advisor,)
                 await tg.start(
                     _stop_on_signal, settings, tg.cancel_scope, workers.cancel_scope, services
                 )
@@ -93,6 +103,47 @@ async def run_daemon(settings: Settings, db: Database, listen_conninfo: str | No
             # The workers finished their in-flight batches (or the grace period ran out).
             tg.cancel_scope.cancel()
     log.info("daemon.stopped", owner=owner)
+
+
+async def _advising(
+    settings: Settings, store: Store, stack: AsyncExitStack, wakeup: Wakeup, owner: str
+) -> Advisor | None:
+    """The advisor, when the LLM is to be asked; either way, one line says so."""
+    off = settings.llm_off_reason()
+    policy = settings.advice_policy()
+    if off is not None or policy is None or settings.openai_api_key is None:
+        log.info("llm.off", reason=off)
+        return None
+    server = urlsplit(settings.openai_base_url)
+    log.info(
+        "llm.on",
+        server=f"{server.scheme}://{server.netloc.rpartition('@')[2]}{server.path}",
+        model=settings.llm_model,
+        min_confidence=settings.llm_min_confidence,
+        max_calls_per_hour=settings.llm_max_calls_per_hour,
+        concurrency=settings.llm_concurrency,
+    )
+    llm = await stack.enter_async_context(
+        LlmClient(
+            settings.openai_base_url,
+            settings.openai_api_key,
+            settings.llm_model,
+            settings.llm_timeout_seconds,
+        )
+    )
+    return Advisor(
+        Questions(store),
+        llm,
+        policy,
+        wakeup,
+        owner,
+        per_hour=settings.llm_max_calls_per_hour,
+        concurrency=settings.llm_concurrency,
+        # Longer than any record statement that began before an answer can run.
+        copy_window=60 + 2 * settings.db_timeout_seconds,
+        period=settings.poll_interval_seconds,
+        reconnect_cap=settings.reconnect_max_seconds,
+    )
 
 
 def _alerting(

@@ -179,6 +179,7 @@ class Job:
     counted_before: bool = False  # an earlier visit counted it towards a threshold
     user_id: uuid.UUID | None = None  # the event's user (whose connection it used)
     alert_group: str | None = None  # None: recorded before alerts existed
+    retry_stopped: str | None = None  # why the LLM's answer for its group stops a retry
 
     @classmethod
     def from_columns(cls, **columns: Any) -> Job:
@@ -454,6 +455,8 @@ class Alert:
     - DISABLED: ``reason``, ``failures`` the count that crossed the threshold,
       ``user_ids`` the user connections disabled (empty: the service itself; at most ten,
       ``more_user_ids`` the rest), ``action`` the command that re-enables.
+    - Every kind: ``second_opinion`` the LLM's reading of the group, once it answered
+      (advice, shown with the failure, digest and disable messages).
     """
 
     kind: AlertKind
@@ -475,6 +478,7 @@ class Alert:
     reason: str = ""
     user_ids: tuple[str, ...] = ()
     more_user_ids: int = 0
+    second_opinion: str = ""  # the LLM's reading of the group, when it has one
 
 
 @dataclass(frozen=True, slots=True)
@@ -503,6 +507,7 @@ class AlertGroup:
     notices: Mapping[str, Mapping[str, Any]]
     noticed: Mapping[str, str]  # attempt kind -> ISO time it was last sent
     next_check_at: datetime | None
+    llm_reasoning: str | None = None  # the LLM's second opinion, once it answered
     healed: bool = False
     sample_status: str | None = None
 
@@ -534,6 +539,24 @@ class ClaimedAlert:
     attempts: int
     failures: int  # the channel's failed deliveries in a row
     broken: str | None  # why the channel is broken (this delivery is its probe)
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedQuestion:
+    """An alert group leased for the LLM's second opinion, with its sample failure: the
+    record's analyzer reading and the event's fields as the integration wrote them."""
+
+    call_id: int
+    fingerprint: str
+    service_name: str
+    category: str
+    signals: str | None  # analyzer_signals as JSON text
+    sample_error: str | None  # the record's sanitized failure_reason
+    http_status: Any
+    error_code: Any
+    error_message: Any
+    retry_count: Any
+    payload: str | None  # JSON text, read (within bounds) only for its shape
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from selfheal.core.alerts import AlertPolicy, DeliveryPolicy
 from selfheal.core.circuit import CircuitPolicy
+from selfheal.core.llm_prompt import AdvicePolicy
 from selfheal.core.ratelimit import DEFAULT_MAX_WAIT
 from selfheal.core.thresholds import Thresholds
 from selfheal.models import Channel
@@ -87,6 +88,14 @@ class Settings(BaseSettings):
     alert_retry_base_seconds: float = Field(default=1.0, gt=0)
     alert_retry_max_seconds: float = Field(default=300.0, gt=0)
     dashboard_url: str | None = None  # linked from alerts when set
+    # The LLM's second opinion (the specification's useLLM), with OPENAI_API_KEY: asked
+    # about unknown failures and those the analyzer is less sure of than the minimum.
+    use_llm: bool = False
+    llm_model: str = Field(default="gpt-4o-mini", min_length=1)
+    llm_min_confidence: float = Field(default=0.6, ge=0, le=1)
+    llm_concurrency: int = Field(default=2, ge=1, le=64)  # questions in flight, all daemons
+    llm_max_calls_per_hour: int = Field(default=120, ge=0)  # all daemons together
+    llm_timeout_seconds: float = Field(default=5.0, gt=0, le=300)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
 
@@ -100,6 +109,14 @@ class Settings(BaseSettings):
         if problem:
             raise ValueError(problem)  # the message never holds the URL: it is a secret
         return SecretStr(url)
+
+    @field_validator("openai_base_url")
+    @classmethod
+    def _openai_base_url(cls, value: str) -> str:
+        url = value.strip().rstrip("/")
+        if webhook_url_problem(url, teams=False):
+            raise ValueError("must be an http(s) URL, such as https://api.openai.com/v1")
+        return url
 
     @field_validator("dashboard_url")
     @classmethod
@@ -127,6 +144,22 @@ class Settings(BaseSettings):
             retry_base=min(self.alert_retry_base_seconds, self.alert_retry_max_seconds),
             retry_cap=self.alert_retry_max_seconds,
         )
+
+    def llm_off_reason(self) -> str | None:
+        """Why the daemon never asks the LLM (None: it asks)."""
+        if not self.use_llm:
+            return "SELFHEAL_USE_LLM is not true"
+        if self.openai_api_key is None or not self.openai_api_key.get_secret_value().strip():
+            return "OPENAI_API_KEY is not set"
+        if self.llm_max_calls_per_hour == 0:
+            return "SELFHEAL_LLM_MAX_CALLS_PER_HOUR is 0"
+        return None
+
+    def advice_policy(self) -> AdvicePolicy | None:
+        """When to ask the LLM; None when it is never asked."""
+        if self.llm_off_reason() is not None:
+            return None
+        return AdvicePolicy(min_confidence=self.llm_min_confidence)
 
     def thresholds(self) -> Thresholds:
         """The one Thresholds of the daemon: it serves the count and the decision."""

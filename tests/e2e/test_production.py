@@ -41,7 +41,7 @@ pytestmark = pytest.mark.e2e
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
-DATABASE_LOOPS = {"listener", "claimer", "scanner", "healer", "notifier", "sender"}
+DATABASE_LOOPS = {"listener", "claimer", "scanner", "healer", "notifier", "sender", "advisor"}
 
 # The pooler detected (the default, `auto`) or declared: both must behave the same.
 POOLER_SETTINGS = pytest.mark.parametrize(

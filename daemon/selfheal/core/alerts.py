@@ -220,7 +220,8 @@ def _closed(g: AlertGroup, now: datetime) -> AlertGroup:
 
 
 def _alert(g: AlertGroup, kind: AlertKind, **fields: Any) -> Alert:
-    return Alert(kind, g.service_name, g.category, **{"error": g.sample_error or "", **fields})
+    defaults = {"error": g.sample_error or "", "second_opinion": g.llm_reasoning or ""}
+    return Alert(kind, g.service_name, g.category, **{**defaults, **fields})
 
 
 def _failure_detected(g: AlertGroup) -> Alert:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from selfheal.core.sanitize import storable_text
+from selfheal.core.sanitize import printable
 from selfheal.models import LISTED_USER_IDS, Alert, AlertKind, Channel
 
 __all__ = ["render", "slack_message", "teams_message"]
@@ -26,6 +26,7 @@ _NAME_LIMIT = 200
 _USER_ID_LIMIT = 64
 _USERS_LIMIT = 800
 _PROSE_LIMIT = 500
+_OPINION_LIMIT = 1000
 _ERROR_LIMIT = 2_500
 _COMMANDS_LIMIT = 1_500
 _SUMMARY_LIMIT = 300
@@ -75,9 +76,6 @@ class _Content:
     footer: str  # event id and time
 
 
-# C0 and C1 controls (tab and newline aside) and the bidirectional overrides that would let a
-# text reorder what is shown after it; dropped, which also keeps JSON escapes short.
-_INVISIBLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 _BLANK_LINES = re.compile(r"\n\s*\n")
 
 
@@ -86,7 +84,7 @@ def _untrusted(raw: str, limit: int, *, one_line: bool = True) -> str:
     and what lies beyond it is marked with an ellipsis for the final cut."""
     text = str(raw)
     window = text[: 2 * limit + _WINDOW_MARGIN]
-    cleaned = _INVISIBLE.sub("", storable_text(window.replace("\r\n", "\n").replace("\r", "\n")))
+    cleaned = printable(window)
     cleaned = " ".join(cleaned.split()) if one_line else _BLANK_LINES.sub("\n", cleaned.strip())
     return cleaned + _ELLIPSIS if len(window) < len(text) else cleaned
 
@@ -152,6 +150,11 @@ def _count(number: int) -> str:
     return f"{number:,}" if number > 0 else ""
 
 
+def _second_opinion(alert: Alert) -> _Fact:
+    """The LLM's reading: its text is shaped by the third party's, so it is untrusted too."""
+    return _fact("Second opinion (LLM)", alert.second_opinion, _OPINION_LIMIT)
+
+
 def _failure(alert: Alert) -> _Content:
     title = "Integration Failing Again" if alert.regression else "Integration Failure Detected"
     return _Content(
@@ -163,6 +166,7 @@ def _failure(alert: Alert) -> _Content:
             _fact("Recovery plan", alert.plan, _PROSE_LIMIT),
             _fact("Status", alert.status),
             _fact("Failures so far", _count(alert.failures) if alert.failures > 1 else ""),
+            _second_opinion(alert),
         ),
         literals=_present(_fact("Error", alert.error, _ERROR_LIMIT, one_line=False)),
         footer=_footer(alert),
@@ -180,6 +184,7 @@ def _digest(alert: Alert) -> _Content:
             _fact("Category", alert.category),
             _fact("New failures", more),
             _fact("Failures in all", _count(alert.failures)),
+            _second_opinion(alert),
         ),
         literals=_present(_fact("Error", alert.error, _ERROR_LIMIT, one_line=False)),
         footer=_footer(alert),
@@ -233,6 +238,7 @@ def _disabled(alert: Alert) -> _Content:
             _fact("User connections", users, _USERS_LIMIT),
             _fact("Reason", alert.reason, _PROSE_LIMIT),
             _fact("Failures", _count(alert.failures)),
+            _second_opinion(alert),
         ),
         literals=_present(
             _fact("Action required", _enable_commands(alert), _COMMANDS_LIMIT, one_line=False)

@@ -55,7 +55,8 @@ def planned_action(category: Category) -> str:
 
 
 def plan(job: Job, replay_problem: str | None) -> Plan:
-    """Decide a job: disabled, never replayed, held by an open circuit, or a recipe.
+    """Decide a job: disabled, never replayed (data, or an unknown failure whose retry the
+    LLM's second opinion stopped), held by an open circuit, or a recipe.
 
     ``replay_problem`` says why the event cannot be replayed (no endpoint, a bad URL or
     method), None when it can; it is checked only for jobs that would replay. Thresholds
@@ -68,6 +69,10 @@ def plan(job: Job, replay_problem: str | None) -> Plan:
     if job.user_connection_id is not None and not job.user_connection_enabled:
         # A disabled user connection gets no request at all, whatever the category.
         return _decided(job, Status.DISABLED, "recovery disabled for this user connection")
+    if job.retry_stopped is not None and job.category is Category.UNKNOWN:
+        # The LLM's confident reading that no retry can fix it: advice that only holds
+        # back. Not counted towards disabling: the advice must never make recovery bolder.
+        return _decided(job, Status.PENDING, job.retry_stopped)
     recipe = _RECIPES.get(job.category)
     if recipe is None:  # data: the same payload cannot succeed; it counts at once
         return Plan(job, outcome=_unhealed(job, planned_action(job.category)))

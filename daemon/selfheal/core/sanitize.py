@@ -18,6 +18,7 @@ __all__ = [
     "MAX_JSON_BYTES",
     "REDACTED",
     "Unreadable",
+    "printable",
     "read_json",
     "scrub",
     "scrub_text",
@@ -292,6 +293,17 @@ _RULES: tuple[_Rule, ...] = (
         min_length=20,
     ),
 )
+
+
+# C0 and C1 controls (tab and newline aside) and the bidirectional overrides that would let a
+# text reorder what is shown after it.
+_INVISIBLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """Third-party text for a person or a model to read: storable, line ends as \\n, and no
+    invisible controls (which also keeps JSON escapes short)."""
+    return _INVISIBLE.sub("", storable_text(text.replace("\r\n", "\n").replace("\r", "\n")))
 
 
 def storable_text(text: str) -> str:

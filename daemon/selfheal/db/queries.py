@@ -81,34 +81,47 @@ WITH done AS (
         %(event_ids)s::uuid[], %(service_names)s::text[], %(user_ids)s::uuid[],
         %(reasons)s::text[], %(categories)s::text[], %(actions)s::text[],
         %(signals)s::text[], %(next_retry_at)s::timestamptz[], %(alert_groups)s::text[],
-        %(alert_codes)s::text[]
+        %(alert_codes)s::text[], %(second_opinions)s::boolean[]
     ) WITH ORDINALITY AS r(event_id, service_name, user_id, failure_reason, failure_category,
                            action_taken, analyzer_signals, next_retry_at, alert_group,
-                           alert_code, ord)
+                           alert_code, second_opinion, ord)
 ), recorded AS (
+    -- A record of a group the LLM already answered for gets the answer as it is written.
     INSERT INTO system_integrity_events (
         event_id, service_name, user_id, failure_reason, failure_category, action_taken,
-        analyzer_signals, status, next_retry_at, alert_group, created_at, updated_at
+        analyzer_signals, llm_reasoning, status, next_retry_at, alert_group, created_at,
+        updated_at
     )
     SELECT r.event_id, r.service_name, r.user_id, r.failure_reason, r.failure_category,
-           r.action_taken, r.analyzer_signals::jsonb, 'pending', r.next_retry_at,
-           r.alert_group, clock_timestamp(), clock_timestamp()
-    FROM r ORDER BY r.ord
+           r.action_taken,
+           CASE WHEN a.llm_answer IS NULL THEN r.analyzer_signals::jsonb
+                ELSE r.analyzer_signals::jsonb || jsonb_build_object('llm', a.llm_answer) END,
+           a.llm_reasoning, 'pending', r.next_retry_at, r.alert_group, clock_timestamp(),
+           clock_timestamp()
+    FROM r LEFT JOIN selfheal_alert_groups a ON a.fingerprint = r.alert_group
+    ORDER BY r.ord
     ON CONFLICT (event_id) DO NOTHING
     RETURNING id, event_id
 ), grouped AS (
     INSERT INTO selfheal_alert_groups AS g (
         fingerprint, service_name, category, error_code, failures, sample_event_id,
-        sample_error, sample_plan, sample_at, last_failure_at, next_check_at
+        sample_error, sample_plan, sample_at, last_failure_at, next_check_at, llm_wanted_at
     )
     SELECT DISTINCT ON (r.alert_group)
            r.alert_group, r.service_name, r.failure_category, r.alert_code,
            count(*) OVER (PARTITION BY r.alert_group), r.event_id, r.failure_reason,
-           r.action_taken, now(), now(), now() + make_interval(secs => %(group_wait)s)
+           r.action_taken, now(), now(), now() + make_interval(secs => %(group_wait)s),
+           CASE WHEN bool_or(r.second_opinion) OVER (PARTITION BY r.alert_group) THEN now() END
     FROM r JOIN recorded USING (event_id)
     ORDER BY r.alert_group, r.ord
     ON CONFLICT (fingerprint) DO UPDATE
     SET failures = g.failures + EXCLUDED.failures,
+        -- One question per group: asked again only when it failed an hour ago or more.
+        llm_wanted_at = CASE
+            WHEN g.llm_wanted_at IS NOT NULL OR EXCLUDED.llm_wanted_at IS NULL
+                 OR g.llm_answer IS NOT NULL THEN g.llm_wanted_at
+            WHEN g.llm_asked_at IS NULL OR g.llm_asked_at < now() - interval '1 hour'
+                THEN EXCLUDED.llm_wanted_at END,
         sample_event_id = COALESCE(g.sample_event_id, EXCLUDED.sample_event_id),
         sample_error = CASE WHEN g.sample_event_id IS NULL THEN EXCLUDED.sample_error
                             ELSE g.sample_error END,
@@ -346,8 +359,9 @@ SELECT c.id AS record_id, c.event_id, c.service_name, c.failure_category AS cate
        COALESCE(m.circuit_next_probe_at, u.circuit_next_probe_at) AS circuit_next_probe_at,
        m.circuit_counted_at,
        c.id = ANY (%(probe_ids)s::uuid[]) AS probe,
-       c.counted AS counted_before, c.user_id, c.alert_group
+       c.counted AS counted_before, c.user_id, c.alert_group, a.llm_stop AS retry_stopped
 FROM claimed c
+LEFT JOIN selfheal_alert_groups a ON a.fingerprint = c.alert_group
 LEFT JOIN integration_events e ON e.id = c.event_id
 LEFT JOIN integrations_master m ON m.service_name = c.service_name
 LEFT JOIN LATERAL (
@@ -761,7 +775,7 @@ LOCKED_ALERT_GROUPS: LiteralString = """
 SELECT g.fingerprint, g.service_name, g.category, g.error_code, g.failures, g.opened_at,
        g.episode_base, g.sample_event_id, g.sample_error, g.sample_plan, g.sample_at,
        g.alerted_at, g.reported_failures, g.reported_at, g.closed_at, g.regression,
-       g.resolution, g.notices, g.noticed, g.next_check_at,
+       g.resolution, g.notices, g.noticed, g.next_check_at, g.llm_reasoning,
        NOT EXISTS (SELECT 1 FROM system_integrity_events s
                    WHERE s.alert_group = g.fingerprint AND s.status <> 'resolved') AS healed,
        (SELECT s.status FROM system_integrity_events s
@@ -914,4 +928,113 @@ FROM (SELECT channel AS ch FROM selfheal_alert_channels
       UNION SELECT DISTINCT channel FROM selfheal_alerts WHERE status = 'queued') AS names
 LEFT JOIN selfheal_alert_channels c ON c.channel = names.ch
 ORDER BY ch
+"""
+
+
+# --- the LLM's second opinion (services/advisor.py) ---------------------------------------
+
+QUESTION_LOCK_KEY: Final = 7_415_112_032  # serializes the budget's count across daemons
+LOCK_QUESTIONS: LiteralString = "SELECT pg_advisory_xact_lock(%(key)s)"
+
+# The groups waiting for a question, as many as the hour's budget and the calls in flight
+# allow (under LOCK_QUESTIONS, so two daemons never both take the last call), each with
+# its sample failure: the record's reading and the event's own fields.
+CLAIM_QUESTIONS: LiteralString = """
+WITH budget AS (
+    SELECT GREATEST(0, LEAST(
+        %(per_hour)s - count(*),
+        %(concurrency)s - count(*) FILTER (
+            WHERE result = 'asking' AND at > now() - make_interval(secs => %(lease_seconds)s))
+    )) AS free
+    FROM selfheal_llm_calls WHERE at > now() - interval '1 hour'
+), wanted AS (
+    SELECT g.fingerprint FROM selfheal_alert_groups g
+    WHERE g.llm_wanted_at IS NOT NULL
+    ORDER BY g.llm_wanted_at
+    LIMIT (SELECT free FROM budget)
+    FOR UPDATE SKIP LOCKED
+), asked AS (
+    UPDATE selfheal_alert_groups g
+    SET llm_wanted_at = NULL, llm_asked_by = %(owner)s, llm_asked_at = now(),
+        llm_asked_until = now() + make_interval(secs => %(lease_seconds)s)
+    FROM wanted WHERE g.fingerprint = wanted.fingerprint
+    RETURNING g.fingerprint, g.service_name, g.category, g.sample_event_id, g.sample_error
+), calls AS (
+    INSERT INTO selfheal_llm_calls (fingerprint, owner, model)
+    SELECT fingerprint, %(owner)s, %(model)s FROM asked
+    RETURNING id, fingerprint
+)
+SELECT calls.id AS call_id, a.fingerprint, a.service_name, a.category,
+       s.analyzer_signals::text AS signals, a.sample_error, e.http_status, e.error_code,
+       e.error_message, e.retry_count, e.payload::text AS payload
+FROM asked a JOIN calls USING (fingerprint)
+LEFT JOIN system_integrity_events s ON s.event_id = a.sample_event_id
+LEFT JOIN integration_events e ON e.id = a.sample_event_id
+"""
+
+# The answer, on the group (its records get it from COPY_ANSWERS) and its call.
+QUESTION_ANSWERED: LiteralString = """
+WITH g AS (
+    UPDATE selfheal_alert_groups
+    SET llm_answer = %(answer)s::jsonb, llm_reasoning = %(reasoning)s, llm_stop = %(stop)s,
+        llm_answered_at = now(), llm_asked_by = NULL, llm_asked_until = NULL
+    WHERE fingerprint = %(fingerprint)s
+)
+UPDATE selfheal_llm_calls
+SET result = 'answered', latency_ms = %(latency_ms)s, prompt_tokens = %(prompt_tokens)s,
+    completion_tokens = %(completion_tokens)s
+WHERE id = %(call_id)s
+"""
+
+# No answer: the group may be asked again an hour later, if it fails again.
+QUESTION_FAILED: LiteralString = """
+WITH g AS (
+    UPDATE selfheal_alert_groups SET llm_asked_by = NULL, llm_asked_until = NULL
+    WHERE fingerprint = %(fingerprint)s
+)
+UPDATE selfheal_llm_calls
+SET result = 'failed', reason = %(reason)s, latency_ms = %(latency_ms)s,
+    prompt_tokens = %(prompt_tokens)s, completion_tokens = %(completion_tokens)s
+WHERE id = %(call_id)s
+"""
+
+# Recent answers onto their groups' records that lack them: the ones written before the
+# answer, and any written while it was (their statement began before it committed; none
+# runs longer than the window).
+COPY_ANSWERS: LiteralString = """
+UPDATE system_integrity_events s
+SET llm_reasoning = g.llm_reasoning,
+    analyzer_signals = s.analyzer_signals || jsonb_build_object('llm', g.llm_answer)
+FROM selfheal_alert_groups g
+WHERE g.llm_answered_at > now() - make_interval(secs => %(window_seconds)s)
+  AND s.alert_group = g.fingerprint AND s.alert_group IS NOT NULL AND s.llm_reasoning IS NULL
+"""
+
+# Calls are kept a week (the KPIs look at a day).
+PRUNE_LLM_CALLS: LiteralString = """
+DELETE FROM selfheal_llm_calls WHERE at < now() - interval '7 days'
+"""
+
+# `selfheal status`: the last day's questions.
+LLM_CALLS: LiteralString = """
+SELECT count(*) AS calls,
+       count(*) FILTER (WHERE result = 'answered') AS answered,
+       count(*) FILTER (WHERE result = 'failed') AS failed,
+       count(*) FILTER (WHERE at > now() - interval '1 hour') AS last_hour,
+       round(avg(latency_ms) FILTER (WHERE result = 'answered')::numeric, 1)::float8
+           AS mean_latency_ms,
+       round((percentile_cont(0.9) WITHIN GROUP (ORDER BY latency_ms)
+              FILTER (WHERE result = 'answered'))::numeric, 1)::float8 AS p90_latency_ms,
+       COALESCE(sum(prompt_tokens), 0) AS prompt_tokens,
+       COALESCE(sum(completion_tokens), 0) AS completion_tokens,
+       (SELECT count(*) FROM selfheal_alert_groups WHERE llm_wanted_at IS NOT NULL)
+           AS waiting,
+       (SELECT count(*) FROM selfheal_alert_groups WHERE llm_stop IS NOT NULL)
+           AS groups_retry_stopped
+FROM selfheal_llm_calls WHERE at > now() - interval '24 hours'
+"""
+LLM_FAILURES: LiteralString = """
+SELECT reason, count(*) AS calls FROM selfheal_llm_calls
+WHERE result = 'failed' AND at > now() - interval '24 hours'
+GROUP BY reason ORDER BY count(*) DESC, reason
 """

@@ -19,6 +19,7 @@ from psycopg.rows import AsyncRowFactory, class_row, dict_row, kwargs_row, tuple
 from psycopg_pool import AsyncConnectionPool
 
 from selfheal.core.alerts import AlertPolicy
+from selfheal.core.llm_prompt import AdvicePolicy
 from selfheal.core.thresholds import Thresholds
 from selfheal.db import queries
 from selfheal.db.connections import ConnectionPolicy, deadline_missed, with_keepalives
@@ -264,9 +265,12 @@ class Store:
         done: Sequence[uuid.UUID],
         alerts: AlertPolicy,
         *,
+        advice: AdvicePolicy | None = None,
         overlap: bool = False,
     ) -> list[Recorded]:
-        """Store the records and take `done` out of the inbox: one statement.
+        """Store the records and take `done` out of the inbox: one statement. The alert
+        groups they join count them; with `advice`, a group wants the LLM's second opinion
+        when one of them leaves the analyzer unsure.
 
         `overlap` writes on a second connection, so the next claim need not wait. Only
         for full batches: on a VM, waking an idle second backend costs more than a small
@@ -277,6 +281,7 @@ class Store:
             queries.RECORD_DIAGNOSES,
             {
                 **_diagnosis_columns(diagnoses),
+                "second_opinions": [bool(advice and advice.wants(d.analysis)) for d in diagnoses],
                 "done_ids": list(done),
                 "group_wait": alerts.group_wait.total_seconds(),
                 "group_interval": alerts.group_interval.total_seconds(),

@@ -1,6 +1,6 @@
 """The base of every long-running loop of the daemon (listener, claimer, scanner, healer,
-and the coming notifier and advisor): a step, then a wait for a wake-up or the period,
-with a jittered backoff while Postgres (or whatever the step needs) is away."""
+notifier, senders and advisor): a step, then a wait for a wake-up or the period, with a
+jittered backoff while Postgres (or whatever the step needs) is away."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from selfheal.core.retry import reconnect_delay
 from selfheal.errors import TemporaryError
 from selfheal.logs import first_line, get_logger
 
-__all__ = ["Backoff", "Every", "Gate", "Service", "Wakeup", "retry_until_done"]
+__all__ = ["Backoff", "Every", "Gate", "Paced", "Service", "Wakeup", "retry_until_done"]
 
 log = get_logger()
 
@@ -73,6 +73,19 @@ class Every:
             return False
         self._last = now
         return True
+
+
+class Paced:
+    """`wait()` returns at most once per `seconds`, sleeping out the rest: for a loop woken
+    by every batch the claimer records, which need not look that often."""
+
+    def __init__(self, seconds: float) -> None:
+        self._seconds = seconds
+        self._last = -math.inf
+
+    async def wait(self) -> None:
+        await anyio.sleep(max(0.0, self._last + self._seconds - anyio.current_time()))
+        self._last = anyio.current_time()
 
 
 class Backoff:

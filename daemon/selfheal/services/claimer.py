@@ -46,6 +46,7 @@ class Claimer(Service):
         self._store = store
         self._settings = settings
         self._alerts = settings.alert_policy()
+        self._advice = settings.advice_policy()
         self._on_recorded = on_recorded
         self._clock = clock
         # Closed while a backlog drains (full batches): diagnoses go first, recovery waits.
@@ -148,7 +149,11 @@ class Claimer(Service):
         if batch.done:
             try:
                 recorded = await self._store.record(
-                    batch.diagnoses, batch.done, self._alerts, overlap=overlap
+                    batch.diagnoses,
+                    batch.done,
+                    self._alerts,
+                    advice=self._advice,
+                    overlap=overlap,
                 )
             except PermanentError as exc:
                 log.warning("claimer.batch_failed", error=first_line(exc), size=len(batch.done))
@@ -164,7 +169,10 @@ class Claimer(Service):
             return []
         try:
             recorded = await self._store.record(
-                [diagnose(suspect, self._clock())], [suspect.event_id], self._alerts
+                [diagnose(suspect, self._clock())],
+                [suspect.event_id],
+                self._alerts,
+                advice=self._advice,
             )
         except DatabaseUnavailable:
             raise

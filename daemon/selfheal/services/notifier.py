@@ -8,7 +8,6 @@ import random
 from collections.abc import Callable, Sequence
 from functools import partial
 
-import anyio
 from pydantic import SecretStr
 
 from selfheal.core.alerts import (
@@ -24,7 +23,7 @@ from selfheal.errors import PermanentError
 from selfheal.http.webhooks import Webhooks
 from selfheal.logs import error_fields, get_logger
 from selfheal.models import Channel, ClaimedAlert, alert_from_row
-from selfheal.services.base import Every, Service, Wakeup, retry_until_done
+from selfheal.services.base import Every, Paced, Service, Wakeup, retry_until_done
 
 __all__ = ["Notifier", "Sender"]
 
@@ -55,7 +54,7 @@ class Notifier(Service):
         self.channels = tuple(channels)
         self._on_queued = on_queued
         self._pruning = Every(600.0)
-        self._last_look = -_LOOK_SPACING
+        self._pace = Paced(_LOOK_SPACING)
 
     async def step(self) -> float | None:
         try:
@@ -65,8 +64,7 @@ class Notifier(Service):
             return None
 
     async def _look(self) -> float | None:
-        await anyio.sleep(max(0.0, self._last_look + _LOOK_SPACING - anyio.current_time()))
-        self._last_look = anyio.current_time()
+        await self._pace.wait()
         if self._pruning.due():
             await self._outbox.prune()
         looked, queued = await self._outbox.advance_groups(

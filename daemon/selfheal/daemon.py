@@ -109,10 +109,9 @@ async def _advising(
     settings: Settings, store: Store, stack: AsyncExitStack, wakeup: Wakeup, owner: str
 ) -> Advisor | None:
     """The advisor, when the LLM is to be asked; either way, one line says so."""
-    off = settings.llm_off_reason()
-    policy = settings.advice_policy()
-    if off is not None or policy is None or settings.openai_api_key is None:
-        log.info("llm.off", reason=off)
+    policy, key = settings.advice_policy(), settings.openai_api_key
+    if policy is None or key is None:
+        log.info("llm.off", reason=settings.llm_off_reason())
         return None
     server = urlsplit(settings.openai_base_url)
     log.info(
@@ -126,7 +125,7 @@ async def _advising(
     llm = await stack.enter_async_context(
         LlmClient(
             settings.openai_base_url,
-            settings.openai_api_key,
+            key,
             settings.llm_model,
             settings.llm_timeout_seconds,
         )
@@ -139,8 +138,9 @@ async def _advising(
         owner,
         per_hour=settings.llm_max_calls_per_hour,
         concurrency=settings.llm_concurrency,
-        # Longer than any record statement that began before an answer can run.
-        copy_window=60 + 2 * settings.db_timeout_seconds,
+        # Longer than any record statement that began before an answer can run, and than
+        # the advisor's longest wait between two looks.
+        copy_window=60 + 2 * (settings.db_timeout_seconds + settings.poll_interval_seconds),
         period=settings.poll_interval_seconds,
         reconnect_cap=settings.reconnect_max_seconds,
     )

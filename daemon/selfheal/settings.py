@@ -114,9 +114,22 @@ class Settings(BaseSettings):
     @classmethod
     def _openai_base_url(cls, value: str) -> str:
         url = value.strip().rstrip("/")
-        if webhook_url_problem(url, teams=False):
-            raise ValueError("must be an http(s) URL, such as https://api.openai.com/v1")
+        parts = urlsplit(url)
+        if webhook_url_problem(url, teams=False) or parts.query or parts.fragment:
+            raise ValueError("must be an http(s) URL such as https://api.openai.com/v1")
+        if "@" in parts.netloc:
+            raise ValueError("must not hold a user or password: the key is OPENAI_API_KEY")
         return url
+
+    @field_validator("openai_api_key")
+    @classmethod
+    def _openai_api_key(cls, value: SecretStr | None) -> SecretStr | None:
+        key = "" if value is None else value.get_secret_value().strip()
+        if not key:
+            return None
+        if not (key.isascii() and key.isprintable()) or " " in key:
+            raise ValueError("must be printable ASCII without spaces")  # never the key itself
+        return SecretStr(key)
 
     @field_validator("dashboard_url")
     @classmethod
@@ -149,7 +162,7 @@ class Settings(BaseSettings):
         """Why the daemon never asks the LLM (None: it asks)."""
         if not self.use_llm:
             return "SELFHEAL_USE_LLM is not true"
-        if self.openai_api_key is None or not self.openai_api_key.get_secret_value().strip():
+        if self.openai_api_key is None:
             return "OPENAI_API_KEY is not set"
         if self.llm_max_calls_per_hour == 0:
             return "SELFHEAL_LLM_MAX_CALLS_PER_HOUR is 0"

@@ -466,7 +466,12 @@ def test_questions_stay_within_the_concurrency_and_the_hourly_budget(
 ) -> None:
     held = Concurrency()
     llm.answer = held
-    env = {**llm.env, "SELFHEAL_LLM_CONCURRENCY": "2", "SELFHEAL_LLM_MAX_CALLS_PER_HOUR": "4"}
+    env = {
+        **llm.env,
+        "SELFHEAL_LLM_CONCURRENCY": "2",
+        "SELFHEAL_LLM_MAX_CALLS_PER_HOUR": "4",
+        "SELFHEAL_LLM_TIMEOUT_SECONDS": "60",  # held answers must not time out instead
+    }
     daemon = _daemon(db_url, daemons, **env)
     with psycopg.connect(db_url, autocommit=True) as conn:
         for n in range(6):  # six groups: six questions wanted
@@ -616,4 +621,55 @@ def test_no_secret_reaches_the_prompt_or_a_log_line(
     logged = "".join(daemon.raw)
     for what, secret in {**secrets, "key": API_KEY}.items():
         assert secret not in logged, what
+    assert daemon.terminate() == 0
+
+
+def test_a_question_lost_with_its_daemon_is_asked_again_by_another(
+    db_url: str, llm: Llm, api: StubServer, daemons: list[DaemonProcess]
+) -> None:
+    held = HeldAnswer(completion(opinion()))
+    llm.answer = held
+    # A 3 s question: its lease runs out 11 s after it was asked.
+    first = _daemon(db_url, daemons, **llm.env, SELFHEAL_LLM_TIMEOUT_SECONDS="3")
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        event_id = _unknown_failure(conn, api)
+        llm.questions(1)
+        first.kill()  # kill -9 while the question is in flight
+        held.release()
+        second = _daemon(db_url, daemons, **llm.env)
+        second.wait_for("llm.answered", timeout=60)
+        wait_until(
+            conn,
+            "SELECT llm_reasoning IS NOT NULL FROM system_integrity_events WHERE event_id = %s",
+            (event_id,),
+            True,
+        )
+        calls = conn.execute("SELECT result, reason FROM selfheal_llm_calls ORDER BY id")
+        assert calls.fetchall() == [("failed", "lost: its daemon stopped"), ("answered", None)]
+    assert len(llm.asked()) == 2
+    assert second.terminate() == 0
+
+
+def test_a_group_that_healed_and_fails_again_gets_a_new_reading(
+    db_url: str, llm: Llm, api: StubServer, daemons: list[DaemonProcess]
+) -> None:
+    api.route("POST", REPLAY_PATH, Response(200, {"ok": True}))  # the retry heals it
+    causes = iter(["The first reading.", "The second reading."])
+    llm.answer = lambda _: completion(opinion(category="unknown", root_cause=next(causes)))
+    daemon = _daemon(db_url, daemons, **llm.env)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        first = _unknown_failure(conn, api)
+        daemon.wait_for("llm.answered")
+        wait_until(conn, "SELECT closed_at IS NOT NULL FROM selfheal_alert_groups", (), True)
+        second = _unknown_failure(conn, api)
+        wait_until(conn, "SELECT count(*) FROM selfheal_llm_calls WHERE result = 'answered'", (), 2)
+        wait_until(
+            conn,
+            "SELECT llm_reasoning IS NOT NULL FROM system_integrity_events WHERE event_id = %s",
+            (second,),
+            True,
+        )
+        assert "The first reading." in _record(conn, first)["llm_reasoning"]
+        assert "The second reading." in _record(conn, second)["llm_reasoning"]
+    assert len(llm.asked()) == 2
     assert daemon.terminate() == 0

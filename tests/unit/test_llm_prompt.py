@@ -198,7 +198,21 @@ def test_a_token_in_the_third_partys_text_never_reaches_the_prompt(
     for secret in secrets:
         assert secret not in serialized
         assert secret not in raw
-    assert "[REDACTED]" in fenced(messages)[field.removesuffix("_name")]
+    shown = fenced(messages)[field.removesuffix("_name")]
+    assert "[REDACTED]" in shown or "?…" in shown  # a URL's query is dropped whole
+
+
+def test_a_url_quoted_in_an_error_loses_its_query_and_fragment_in_the_prompt() -> None:
+    text = "GET https://api.example.com/v1/charges?customer=cus_9&email=a@b.example#top -> 404"
+    shown = fenced(prompt(ask(error_message=text), NONCE))["error_message"]
+    assert shown == "GET https://api.example.com/v1/charges?… -> 404"
+
+
+def test_an_answer_of_whitespace_or_backticks_is_refused_at_once() -> None:
+    # A backtracking pattern over these took minutes; the daemon must not stall on them.
+    for content in (" " * 200_000, "```" + "\n" * 200_000, "`" * 200_000, "```json" + " " * 99_999):
+        with pytest.raises(InvalidAnswer):
+            read_answer(content)
 
 
 def test_a_token_in_the_error_message_is_redacted_and_the_rest_kept() -> None:
@@ -897,3 +911,49 @@ def test_read_answer_raises_nothing_but_invalid_answer(
     assert len(read.prevention) <= 300
     json.dumps(recorded(read, model="m", latency_ms=1.0, stop=None), allow_nan=False)
     reasoning(read)
+
+
+# --- settings -------------------------------------------------------------------------------
+
+
+def test_the_llm_is_asked_only_when_enabled_with_a_key() -> None:
+    from selfheal.settings import load_settings
+
+    assert load_settings(OPENAI_API_KEY="sk-x").llm_off_reason() == "SELFHEAL_USE_LLM is not true"
+    off = load_settings(use_llm=True, OPENAI_API_KEY="  \n")
+    assert off.llm_off_reason() == "OPENAI_API_KEY is not set" and off.advice_policy() is None
+    on = load_settings(use_llm=True, OPENAI_API_KEY="sk-x\n")
+    assert on.llm_off_reason() is None and on.advice_policy() == AdvicePolicy(0.6)
+    assert on.openai_api_key is not None and on.openai_api_key.get_secret_value() == "sk-x"
+    assert on.openai_base_url == "https://api.openai.com/v1"
+    budget = load_settings(use_llm=True, OPENAI_API_KEY="sk-x", llm_max_calls_per_hour=0)
+    assert budget.llm_off_reason() == "SELFHEAL_LLM_MAX_CALLS_PER_HOUR is 0"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "api.openai.com/v1",
+        "ftp://llm.internal/v1",
+        "http://llm.internal/v1?api-version=1",
+        "http://llm.internal/v1#x",
+        "http://user:SecretPassword1@llm.internal/v1",
+    ],
+)
+def test_a_base_url_that_cannot_work_fails_at_start_with_one_line(url: str) -> None:
+    from selfheal.settings import ConfigError, load_settings
+
+    with pytest.raises(ConfigError) as caught:
+        load_settings(OPENAI_BASE_URL=url)
+    assert str(caught.value).startswith("invalid configuration: OPENAI_BASE_URL: ")
+    assert "SecretPassword1" not in str(caught.value)
+
+
+def test_a_key_that_cannot_go_in_a_header_fails_at_start_without_showing_it() -> None:
+    from selfheal.settings import ConfigError, load_settings
+
+    for key in ("sk-ÄÖÜ-secret", "sk-one two", "sk-\x00null"):
+        with pytest.raises(ConfigError) as caught:
+            load_settings(OPENAI_API_KEY=key)
+        assert str(caught.value).startswith("invalid configuration: OPENAI_API_KEY: ")
+        assert key not in str(caught.value) and "secret" not in str(caught.value)

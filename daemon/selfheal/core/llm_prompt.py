@@ -89,7 +89,9 @@ Answer with one JSON object and nothing else."""
 
 _SCHEMA_HINT = "\n\nThe JSON object must match this JSON schema:\n{schema}"
 
-_CODE_FENCE = re.compile(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", re.DOTALL | re.IGNORECASE)
+
+# A URL up to its query or fragment, and the rest of it (linear: no nested repetition).
+_QUERY = re.compile(r"([a-z][a-z0-9+.-]*://[^\s?#]*)[?#]\S*", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,9 +214,8 @@ def read_answer(content: Any, *, refusal: Any = None, finish_reason: Any = None)
         raise InvalidAnswer("cut off at max_tokens")
     if not isinstance(content, str) or not content.strip():
         raise InvalidAnswer("empty answer")
-    fenced = _CODE_FENCE.match(content)
     try:
-        answer = orjson.loads(fenced.group(1) if fenced else content)
+        answer = orjson.loads(_unfenced(content))
     except orjson.JSONDecodeError:
         raise InvalidAnswer("not JSON") from None
     if not isinstance(answer, dict):
@@ -292,10 +293,23 @@ def recorded(
     }
 
 
+def _unfenced(content: str) -> str:
+    """The JSON of an answer some servers wrap in a Markdown code fence (```json ... ```).
+    String operations, not a regular expression: an answer is untrusted text, and a
+    backtracking pattern over it is a way to stall the daemon."""
+    text = content.strip()
+    if len(text) >= 6 and text.startswith("```") and text.endswith("```"):
+        text = text[3:-3]
+        if text[:4].lower() == "json":
+            text = text[4:]
+    return text
+
+
 def _shown(text: str, limit: int) -> str:
     """Third-party text as the model reads it: printable, scrubbed and cut (scrub_text cuts
-    only where no half secret is left behind)."""
-    return scrub_text(printable(text), limit)
+    only where no half secret is left behind), and no URL's query string or fragment: an
+    error that quotes its request's URL quotes the values in it."""
+    return _QUERY.sub(r"\1?…", scrub_text(printable(text), limit))
 
 
 def _kept(text: str, limit: int) -> str:

@@ -86,7 +86,8 @@ WITH done AS (
                            action_taken, analyzer_signals, next_retry_at, alert_group,
                            alert_code, second_opinion, ord)
 ), recorded AS (
-    -- A record of a group the LLM already answered for gets the answer as it is written.
+    -- A record of an open episode the LLM already answered for gets the answer as it is
+    -- written (a closed group's answer is the last episode's: the next starts without it).
     INSERT INTO system_integrity_events (
         event_id, service_name, user_id, failure_reason, failure_category, action_taken,
         analyzer_signals, llm_reasoning, status, next_retry_at, alert_group, created_at,
@@ -94,10 +95,11 @@ WITH done AS (
     )
     SELECT r.event_id, r.service_name, r.user_id, r.failure_reason, r.failure_category,
            r.action_taken,
-           CASE WHEN a.llm_answer IS NULL THEN r.analyzer_signals::jsonb
+           CASE WHEN a.llm_answer IS NULL OR a.sample_event_id IS NULL
+                THEN r.analyzer_signals::jsonb
                 ELSE r.analyzer_signals::jsonb || jsonb_build_object('llm', a.llm_answer) END,
-           a.llm_reasoning, 'pending', r.next_retry_at, r.alert_group, clock_timestamp(),
-           clock_timestamp()
+           CASE WHEN a.sample_event_id IS NOT NULL THEN a.llm_reasoning END, 'pending',
+           r.next_retry_at, r.alert_group, clock_timestamp(), clock_timestamp()
     FROM r LEFT JOIN selfheal_alert_groups a ON a.fingerprint = r.alert_group
     ORDER BY r.ord
     ON CONFLICT (event_id) DO NOTHING
@@ -116,12 +118,19 @@ WITH done AS (
     ORDER BY r.alert_group, r.ord
     ON CONFLICT (fingerprint) DO UPDATE
     SET failures = g.failures + EXCLUDED.failures,
-        -- One question per group: asked again only when it failed an hour ago or more.
+        -- One question per episode (a closed group's next failure starts one); one that
+        -- got no answer is asked again an hour later, when the group fails again.
         llm_wanted_at = CASE
+            WHEN g.sample_event_id IS NULL THEN EXCLUDED.llm_wanted_at
             WHEN g.llm_wanted_at IS NOT NULL OR EXCLUDED.llm_wanted_at IS NULL
                  OR g.llm_answer IS NOT NULL THEN g.llm_wanted_at
             WHEN g.llm_asked_at IS NULL OR g.llm_asked_at < now() - interval '1 hour'
                 THEN EXCLUDED.llm_wanted_at END,
+        llm_asked_at = CASE WHEN g.sample_event_id IS NOT NULL THEN g.llm_asked_at END,
+        llm_answered_at = CASE WHEN g.sample_event_id IS NOT NULL THEN g.llm_answered_at END,
+        llm_answer = CASE WHEN g.sample_event_id IS NOT NULL THEN g.llm_answer END,
+        llm_reasoning = CASE WHEN g.sample_event_id IS NOT NULL THEN g.llm_reasoning END,
+        llm_stop = CASE WHEN g.sample_event_id IS NOT NULL THEN g.llm_stop END,
         sample_event_id = COALESCE(g.sample_event_id, EXCLUDED.sample_event_id),
         sample_error = CASE WHEN g.sample_event_id IS NULL THEN EXCLUDED.sample_error
                             ELSE g.sample_error END,
@@ -936,9 +945,11 @@ ORDER BY ch
 QUESTION_LOCK_KEY: Final = 7_415_112_032  # serializes the budget's count across daemons
 LOCK_QUESTIONS: LiteralString = "SELECT pg_advisory_xact_lock(%(key)s)"
 
-# The groups waiting for a question, as many as the hour's budget and the calls in flight
-# allow (under LOCK_QUESTIONS, so two daemons never both take the last call), each with
-# its sample failure: the record's reading and the event's own fields.
+# The groups due a question, as many as the hour's budget and the calls in flight allow
+# (under LOCK_QUESTIONS, so two daemons never both take the last call), each leased: its
+# question is due again when the lease runs out (the daemon asking it stopped, whose call
+# is then marked failed). Each comes with the episode's first failure: the record's
+# reading and the event's fields (a payload over 1 MB is not read).
 CLAIM_QUESTIONS: LiteralString = """
 WITH budget AS (
     SELECT GREATEST(0, LEAST(
@@ -947,18 +958,20 @@ WITH budget AS (
             WHERE result = 'asking' AND at > now() - make_interval(secs => %(lease_seconds)s))
     )) AS free
     FROM selfheal_llm_calls WHERE at > now() - interval '1 hour'
-), wanted AS (
+), due AS (
     SELECT g.fingerprint FROM selfheal_alert_groups g
-    WHERE g.llm_wanted_at IS NOT NULL
+    WHERE g.llm_wanted_at <= now()
     ORDER BY g.llm_wanted_at
-    LIMIT (SELECT free FROM budget)
+    LIMIT LEAST((SELECT free FROM budget), %(limit)s)
     FOR UPDATE SKIP LOCKED
 ), asked AS (
     UPDATE selfheal_alert_groups g
-    SET llm_wanted_at = NULL, llm_asked_by = %(owner)s, llm_asked_at = now(),
-        llm_asked_until = now() + make_interval(secs => %(lease_seconds)s)
-    FROM wanted WHERE g.fingerprint = wanted.fingerprint
+    SET llm_wanted_at = now() + make_interval(secs => %(lease_seconds)s), llm_asked_at = now()
+    FROM due WHERE g.fingerprint = due.fingerprint
     RETURNING g.fingerprint, g.service_name, g.category, g.sample_event_id, g.sample_error
+), lost AS (
+    UPDATE selfheal_llm_calls c SET result = 'failed', reason = 'lost: its daemon stopped'
+    FROM asked WHERE c.fingerprint = asked.fingerprint AND c.result = 'asking'
 ), calls AS (
     INSERT INTO selfheal_llm_calls (fingerprint, owner, model)
     SELECT fingerprint, %(owner)s, %(model)s FROM asked
@@ -966,31 +979,51 @@ WITH budget AS (
 )
 SELECT calls.id AS call_id, a.fingerprint, a.service_name, a.category,
        s.analyzer_signals::text AS signals, a.sample_error, e.http_status, e.error_code,
-       e.error_message, e.retry_count, e.payload::text AS payload
+       e.error_message, e.retry_count,
+       CASE WHEN pg_column_size(e.payload) <= 1000000 THEN e.payload::text END AS payload
 FROM asked a JOIN calls USING (fingerprint)
 LEFT JOIN system_integrity_events s ON s.event_id = a.sample_event_id
 LEFT JOIN integration_events e ON e.id = a.sample_event_id
 """
 
-# The answer, on the group (its records get it from COPY_ANSWERS) and its call.
-QUESTION_ANSWERED: LiteralString = """
-WITH g AS (
+# The episode's records that lack its answer, in one order and skipping any row another
+# statement holds (a later look copies those): no deadlock with the healer's writes.
+_COPY_ANSWER: LiteralString = """
+UPDATE system_integrity_events s
+SET llm_reasoning = g.llm_reasoning,
+    analyzer_signals = s.analyzer_signals || jsonb_build_object('llm', g.llm_answer)
+FROM answered g
+WHERE s.id IN (
+    SELECT x.id FROM system_integrity_events x JOIN answered y ON x.alert_group = y.fingerprint
+    WHERE x.alert_group IS NOT NULL AND x.llm_reasoning IS NULL AND x.created_at >= y.sample_at
+    ORDER BY x.id
+    FOR UPDATE OF x SKIP LOCKED)
+  AND s.alert_group = g.fingerprint
+"""
+
+# The answer: on the group, its call, and the episode's records written so far.
+QUESTION_ANSWERED: LiteralString = (
+    """
+WITH answered AS (
     UPDATE selfheal_alert_groups
     SET llm_answer = %(answer)s::jsonb, llm_reasoning = %(reasoning)s, llm_stop = %(stop)s,
-        llm_answered_at = now(), llm_asked_by = NULL, llm_asked_until = NULL
+        llm_answered_at = now(), llm_wanted_at = NULL
     WHERE fingerprint = %(fingerprint)s
+    RETURNING fingerprint, sample_at, llm_answer, llm_reasoning
+), called AS (
+    UPDATE selfheal_llm_calls
+    SET result = 'answered', latency_ms = %(latency_ms)s, prompt_tokens = %(prompt_tokens)s,
+        completion_tokens = %(completion_tokens)s
+    WHERE id = %(call_id)s
 )
-UPDATE selfheal_llm_calls
-SET result = 'answered', latency_ms = %(latency_ms)s, prompt_tokens = %(prompt_tokens)s,
-    completion_tokens = %(completion_tokens)s
-WHERE id = %(call_id)s
 """
+    + _COPY_ANSWER
+)
 
 # No answer: the group may be asked again an hour later, if it fails again.
 QUESTION_FAILED: LiteralString = """
 WITH g AS (
-    UPDATE selfheal_alert_groups SET llm_asked_by = NULL, llm_asked_until = NULL
-    WHERE fingerprint = %(fingerprint)s
+    UPDATE selfheal_alert_groups SET llm_wanted_at = NULL WHERE fingerprint = %(fingerprint)s
 )
 UPDATE selfheal_llm_calls
 SET result = 'failed', reason = %(reason)s, latency_ms = %(latency_ms)s,
@@ -998,17 +1031,18 @@ SET result = 'failed', reason = %(reason)s, latency_ms = %(latency_ms)s,
 WHERE id = %(call_id)s
 """
 
-# Recent answers onto their groups' records that lack them: the ones written before the
-# answer, and any written while it was (their statement began before it committed; none
-# runs longer than the window).
-COPY_ANSWERS: LiteralString = """
-UPDATE system_integrity_events s
-SET llm_reasoning = g.llm_reasoning,
-    analyzer_signals = s.analyzer_signals || jsonb_build_object('llm', g.llm_answer)
-FROM selfheal_alert_groups g
-WHERE g.llm_answered_at > now() - make_interval(secs => %(window_seconds)s)
-  AND s.alert_group = g.fingerprint AND s.alert_group IS NOT NULL AND s.llm_reasoning IS NULL
+# Recent answers onto the records written while they were (a statement that began before
+# an answer committed did not see it; none runs longer than the window).
+COPY_ANSWERS: LiteralString = (
+    """
+WITH answered AS (
+    SELECT fingerprint, sample_at, llm_answer, llm_reasoning FROM selfheal_alert_groups
+    WHERE llm_answered_at > now() - make_interval(secs => %(window_seconds)s)
+      AND llm_answer IS NOT NULL AND sample_at IS NOT NULL
+)
 """
+    + _COPY_ANSWER
+)
 
 # Calls are kept a week (the KPIs look at a day).
 PRUNE_LLM_CALLS: LiteralString = """

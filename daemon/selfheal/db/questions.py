@@ -21,10 +21,17 @@ class Questions:
         self._store = store
 
     async def claim(
-        self, owner: str, model: str, *, per_hour: int, concurrency: int, lease_seconds: float
+        self,
+        owner: str,
+        model: str,
+        *,
+        per_hour: int,
+        concurrency: int,
+        lease_seconds: float,
+        limit: int,
     ) -> list[ClaimedQuestion]:
-        """The groups to ask about now: no more than the hour's budget and the free slots
-        allow, counted over every daemon."""
+        """The groups to ask about now: at most `limit`, and no more than the hour's budget
+        and the free slots allow, counted over every daemon."""
         async with self._store._transaction() as conn:
             await conn.execute(queries.LOCK_QUESTIONS, {"key": queries.QUESTION_LOCK_KEY})
             async with conn.cursor(row_factory=class_row(ClaimedQuestion)) as cur:
@@ -36,6 +43,7 @@ class Questions:
                         "per_hour": per_hour,
                         "concurrency": concurrency,
                         "lease_seconds": lease_seconds,
+                        "limit": limit,
                     },
                 )
                 return await cur.fetchall()

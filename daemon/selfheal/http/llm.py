@@ -75,7 +75,7 @@ class LlmClient:
                     "POST", self._url, content=orjson.dumps(body)
                 ) as response:
                     raw = await _read(response)
-        except TimeoutError:
+        except (TimeoutError, httpx.TimeoutException):
             raise LlmFailed("timeout") from None
         except (httpx.HTTPError, httpx.InvalidURL, OSError) as exc:
             raise LlmFailed(f"unreachable ({type(exc).__name__})") from None

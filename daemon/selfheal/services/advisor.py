@@ -10,6 +10,7 @@ from functools import partial
 from typing import Any
 
 import anyio
+from anyio.abc import TaskGroup
 
 from selfheal.core.llm_prompt import (
     AdvicePolicy,
@@ -62,44 +63,63 @@ class Advisor(Service):
         self._owner = owner
         self._per_hour = per_hour
         self._concurrency = concurrency
-        # A daemon killed mid-question frees its slot when this runs out (and the fallback
-        # may ask twice).
+        # A question lost with its daemon (or its write) is asked again when this runs out:
+        # after the longest a question takes (the fallback asks twice).
         self._lease = 2 * llm.timeout + 5
         self._copy_window = copy_window
         self._reconnect_cap = reconnect_cap
         self._strict = True  # structured outputs, until the server rejects them
         self._pace = Paced(_LOOK_SPACING)
         self._pruning = Every(3600.0)
+        self._in_flight = 0
+        self._asking: TaskGroup
+
+    async def main(self) -> None:
+        # Questions run beside the loop, so a slow one never holds up the next group's;
+        # on stop, the ones in flight end within their timeout.
+        async with anyio.create_task_group() as self._asking:
+            await self.loop()
 
     async def step(self) -> float | None:
         try:
-            return await self._look()
+            await self._look()
         except PermanentError as exc:  # never the daemon's end: healing goes on without it
             log.error("advisor.failed", **error_fields(exc))
-            return None
+        return None  # woken by new records, and by each question that ends
 
-    async def _look(self) -> float | None:
+    async def _look(self) -> None:
         await self._pace.wait()
         if self._pruning.due():
             await self._questions.prune()
         await self._questions.copy_answers(self._copy_window)
+        free = self._concurrency - self._in_flight
+        if free <= 0:
+            return
         claimed = await self._questions.claim(
             self._owner,
             self._llm.model,
             per_hour=self._per_hour,
             concurrency=self._concurrency,
             lease_seconds=self._lease,
+            limit=free,
         )
-        if not claimed:
-            return None
-        async with anyio.create_task_group() as tg:
-            for claim in claimed:
-                tg.start_soon(self._ask, claim)
-        await self._questions.copy_answers(self._copy_window)
-        return 0.0  # more may be waiting
+        for claim in claimed:
+            self._in_flight += 1
+            self._asking.start_soon(self._ask, claim)
 
     async def _ask(self, claim: ClaimedQuestion) -> None:
         fields = {"group": claim.fingerprint, "service_name": claim.service_name}
+        try:
+            await self._answer(claim, fields)
+        except Exception as exc:
+            # Advice is optional, never worth the daemon. The question's lease runs out and
+            # it is asked again.
+            log.error("advisor.failed", **fields, **error_fields(exc))
+        finally:
+            self._in_flight -= 1
+            self.wakeup.set()  # a free slot, and an answer to copy to its records
+
+    async def _answer(self, claim: ClaimedQuestion, fields: dict[str, str]) -> None:
         started = anyio.current_time()
         completion: Completion | None = None
         try:

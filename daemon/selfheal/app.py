@@ -13,7 +13,9 @@ from typing import Any
 from selfheal.db import embedded
 from selfheal.db.connections import ConnectionPolicy, behind_pooler
 from selfheal.db.migrate import apply_migrations
-from selfheal.db.store import Database
+from selfheal.db.outbox import Outbox
+from selfheal.db.questions import Questions
+from selfheal.db.store import Database, Store
 from selfheal.logs import get_logger
 from selfheal.models import Status
 from selfheal.services.base import Wakeup
@@ -30,6 +32,7 @@ __all__ = [
     "migrate",
     "owner_name",
     "scan",
+    "status_report",
 ]
 
 log = get_logger()
@@ -166,4 +169,20 @@ async def scan(
             }
             for r, status in zip(recorded, statuses, strict=True)
         ],
+    }
+
+
+async def status_report(store: Store, settings: Settings) -> dict[str, Any]:
+    """`selfheal status --json`: the KPIs, the alerts' state and the LLM's usage."""
+    off = settings.llm_off_reason()
+    return {
+        **await store.status(),
+        "alert_groups": await Outbox(store).status(),
+        "llm": {
+            "enabled": off is None,
+            "off_reason": off,
+            "model": settings.llm_model,
+            "max_calls_per_hour": settings.llm_max_calls_per_hour,
+            **await Questions(store).status(),
+        },
     }

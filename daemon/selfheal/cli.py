@@ -15,11 +15,10 @@ from psycopg.types.json import Jsonb
 from selfheal import __version__, app
 from selfheal.core.analyzer import analyze
 from selfheal.daemon import run_daemon
-from selfheal.db.outbox import Outbox
-from selfheal.db.questions import Questions
 from selfheal.errors import DatabaseUnavailable
 from selfheal.logs import configure_logging, error_fields, first_line, get_logger
 from selfheal.models import Failure
+from selfheal.report import print_status
 from selfheal.settings import ConfigError, Settings, load_settings
 
 __all__ = ["main"]
@@ -53,7 +52,19 @@ INJECTED_FAILURES: dict[str, dict[str, Any]] = {
         "error_message": "channel is required",
         "response_headers": {},
     },
+    "unknown": {
+        "http_status": 418,
+        "error_code": "teapot",
+        "error_message": "I am a teapot",
+        "response_headers": {},
+    },
 }
+
+
+def _count(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= 100_000:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a count from 1 to 100,000")
+    return int(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,11 +92,18 @@ def build_parser() -> argparse.ArgumentParser:
     inject.add_argument("--failure", required=True, choices=sorted(INJECTED_FAILURES))
     inject.add_argument("--endpoint", default=None, help="absolute URL to replay against")
     inject.add_argument("--user", type=uuid.UUID, default=None)
+    inject.add_argument(
+        "--count", type=_count, default=1, metavar="N",
+        help="how many identical failures, in one statement (1 to 100,000)",
+    )  # fmt: skip
     status = commands.add_parser("status", help="KPIs of the healing")
     status.add_argument("--json", action="store_true", help="JSON on stdout")
     enable = commands.add_parser("enable", help="re-enable a service (or one user's connection)")
     enable.add_argument("service")
     enable.add_argument("--user", type=uuid.UUID, default=None)
+    commands.add_parser(
+        "demo", help="the whole loop in half a minute, on a scratch database with stand-ins"
+    )
     return parser
 
 
@@ -111,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     except DatabaseUnavailable as exc:
         log.error("database.unavailable", error=first_line(exc))
         return EXIT_FAILED
-    except app.EmbeddedMissing as exc:
+    except (app.EmbeddedMissing, ConfigError) as exc:
         print(f"selfheal: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except Exception as exc:
@@ -189,37 +207,35 @@ def classify(stdin: TextIO, stdout: TextIO) -> int:
 async def cmd_inject(settings: Settings, db: app.Database, args: argparse.Namespace) -> int:
     failure = INJECTED_FAILURES[args.failure]
     async with db.store(max_size=1) as store:
-        event_id = await store.inject(
+        event_ids = await store.inject(
             {
                 "service_name": args.service,
                 "payload": Jsonb({"text": "injected by selfheal"}),
                 "user_id": args.user,
                 "endpoint": args.endpoint,
+                "count": args.count,
                 **failure,
                 "response_headers": Jsonb(failure["response_headers"]),
             }
         )
-    _print_json({"success": True, "event_id": str(event_id), "failure": args.failure})
+    _print_json(
+        {
+            "success": True,
+            "event_id": str(event_ids[0]),
+            "event_ids": [str(e) for e in event_ids],
+            "failure": args.failure,
+        }
+    )
     return EXIT_OK
 
 
 async def cmd_status(settings: Settings, db: app.Database, args: argparse.Namespace) -> int:
     async with db.store(max_size=1) as store:
-        status = {
-            **await store.status(),
-            "alerts": await Outbox(store).status(),
-            "llm": {
-                "enabled": settings.llm_off_reason() is None,
-                "off_reason": settings.llm_off_reason(),
-                "model": settings.llm_model,
-                "max_calls_per_hour": settings.llm_max_calls_per_hour,
-                **await Questions(store).status(),
-            },
-        }
+        status = await app.status_report(store, settings)
     if args.json:
         _print_json(status)
     else:
-        _print_status(status, sys.stdout)
+        print_status(status, sys.stdout)
     return EXIT_OK
 
 
@@ -237,6 +253,12 @@ async def cmd_enable(settings: Settings, db: app.Database, args: argparse.Namesp
     return EXIT_OK if count else EXIT_FAILED
 
 
+async def cmd_demo(settings: Settings, db: app.Database, args: argparse.Namespace) -> int:
+    from selfheal import demo  # imported here: its stand-ins serve no other command
+
+    return await demo.run(settings, db, sys.stdout)
+
+
 COMMANDS: dict[str, Command] = {
     "migrate": cmd_migrate,
     "run": cmd_run,
@@ -245,6 +267,7 @@ COMMANDS: dict[str, Command] = {
     "inject": cmd_inject,
     "status": cmd_status,
     "enable": cmd_enable,
+    "demo": cmd_demo,
 }
 
 
@@ -254,64 +277,6 @@ def _dumps(value: Any) -> str:
 
 def _print_json(value: Any) -> None:
     sys.stdout.write(_dumps(value) + "\n")
-
-
-def _print_status(status: dict[str, Any], out: TextIO) -> None:
-    out.write(
-        f"records   {status['records']:>10}  pending {status['pending']}  "
-        f"resolved {status['resolved']}  disabled {status['disabled']}\n"
-        f"inbox     {status['inbox']:>10}  oldest {status['oldest_inbox'] or '-'}\n"
-        f"due now   {status['due']:>10}  recorded in the last hour {status['last_hour']}\n"
-    )
-    for category, counts in sorted(status["by_category"].items()):
-        parts = "  ".join(f"{k} {v}" for k, v in sorted(counts.items()))
-        out.write(f"  {category:<11} {parts}\n")
-    for target in status["disabled_targets"]:
-        who = f" user {target['user_id']}" if target["user_id"] else ""
-        out.write(f"disabled  {target['service_name']}{who}: {target['reason'] or '-'}\n")
-    for circuit in status["circuits"]:
-        who = f" user {circuit['user_id']}" if circuit["user_id"] else ""
-        out.write(
-            f"circuit   {circuit['service_name']}{who} open since {circuit['opened_at']}: "
-            f"{circuit['failures_waiting']} failures waiting, {circuit['failed_probes']} "
-            f"failed probes, next probe {circuit['next_probe_at'] or '-'}\n"
-        )
-    for service in status["failing_services"]:
-        out.write(
-            f"failing   {service['service_name']}: {service['recovery_fail_count']} unhealed "
-            f"since the last success (last recovery {service['last_recovery_at'] or '-'})\n"
-        )
-    alerts = status["alerts"]
-    out.write(f"alerts    {alerts['open_groups']:>10} open groups  outbox {alerts['outbox']}\n")
-    for group in alerts["groups"]:
-        said = "announced" if group["alerted_at"] else "waiting"
-        again = ", failing again" if group["regression"] else ""
-        out.write(
-            f"  group   {group['service_name']} {group['category']} {group['error_code']}: "
-            f"{group['failures']} failures since {group['opened_at']} ({said}{again})\n"
-        )
-    for channel in alerts["channels"]:
-        health = (
-            f"BROKEN since {channel['broken_at']}: {channel['broken_reason']}"
-            if channel["broken_at"]
-            else f"ok (last delivery {channel['delivered_at'] or '-'})"
-        )
-        out.write(
-            f"  channel {channel['channel']}: {health}; {channel['queued']} queued, "
-            f"{channel['dead']} dead\n"
-        )
-    llm = status["llm"]
-    state = f"on ({llm['model']})" if llm["enabled"] else f"off: {llm['off_reason']}"
-    out.write(
-        f"llm       {llm['calls']:>10} questions in 24 h  {state}\n"
-        f"  answered {llm['answered']}  failed {llm['failed']}  waiting {llm['waiting']}  "
-        f"last hour {llm['last_hour']}/{llm['max_calls_per_hour']}  "
-        f"latency mean {llm['mean_latency_ms'] or '-'} ms p90 {llm['p90_latency_ms'] or '-'} ms  "
-        f"tokens {llm['prompt_tokens']} in, {llm['completion_tokens']} out  "
-        f"retries stopped in {llm['groups_retry_stopped']} groups\n"
-    )
-    for reason, calls in llm["failures"].items():
-        out.write(f"  failed  {reason}: {calls}\n")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,16 +1,19 @@
 """`selfheal run`: one anyio task group owning the listener, claimer, healer, scanner,
-notifier, alert senders and (with an LLM) the advisor."""
+notifier, alert senders, (with an LLM) the advisor, the sampler of the gauges, systemd's
+watchdog and the HTTP server."""
 
 from __future__ import annotations
 
 import signal
+import socket
 from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
 from typing import Protocol
 from urllib.parse import urlsplit
 
 import anyio
 from anyio import CancelScope
-from anyio.abc import TaskStatus
+from anyio.abc import TaskGroup, TaskStatus
 
 from selfheal.app import owner_name
 from selfheal.db.outbox import Outbox
@@ -25,12 +28,19 @@ from selfheal.services.claimer import Claimer
 from selfheal.services.healer import open_healer
 from selfheal.services.listener import Listener
 from selfheal.services.notifier import Notifier, Sender
+from selfheal.services.sampler import Sampler
 from selfheal.services.scanner import Scanner
-from selfheal.settings import Settings
+from selfheal.services.watchdog import Health, Systemd, Watchdog
+from selfheal.settings import ConfigError, Settings
+from selfheal.web.app import create_app
+from selfheal.web.server import bind, serve_http
 
 __all__ = ["run_daemon"]
 
 log = get_logger()
+
+_SAMPLE_EVERY = 5.0  # seconds between two readings of the gauges (and STATUS= updates)
+_AFTER_GRACE = 5.0  # releasing leases and closing connections after the grace
 
 
 class Stoppable(Protocol):
@@ -40,6 +50,8 @@ class Stoppable(Protocol):
 async def run_daemon(settings: Settings, db: Database, listen_conninfo: str | None) -> None:
     """The daemon until SIGTERM; without a listen connection (a pooler) it polls."""
     owner = owner_name()
+    http_socket = _bind_http(settings)
+    systemd = Systemd()
     claim_wakeup, scan_wakeup, heal_wakeup = Wakeup(), Wakeup(), Wakeup()
     backlog = Gate()  # diagnosing a backlog goes before recovering it
     alerts_wakeup, advice_wakeup = Wakeup(), Wakeup()
@@ -51,6 +63,9 @@ async def run_daemon(settings: Settings, db: Database, listen_conninfo: str | No
         Webhooks(settings.http_timeout_seconds) as webhooks,
         AsyncExitStack() as stack,
     ):
+        stack.callback(systemd.close)
+        if http_socket is not None:
+            stack.callback(http_socket.close)
         advisor = await _advising(settings, store, stack, advice_wakeup, owner)
 
         def recorded(_: object) -> None:
@@ -63,46 +78,74 @@ async def run_daemon(settings: Settings, db: Database, listen_conninfo: str | No
         claimer = Claimer(store, settings, claim_wakeup, on_recorded=recorded, backlog=backlog)
         scanner = Scanner(store, settings, scan_wakeup, claim_wakeup)
         notifier, senders = _alerting(settings, Outbox(store), webhooks, alerts_wakeup, owner)
+        sampler = Sampler(store, every=_SAMPLE_EVERY, reconnect_cap=settings.reconnect_max_seconds)
 
         def catch_up() -> None:
             # Notifications sent while the listener was away are lost: sweep the tables.
             claim_wakeup.set()
             scan_wakeup.set()
 
+        listener = None
+        if listen_conninfo is not None:
+            listener = Listener(
+                listen_conninfo,
+                on_notify=claim_wakeup.set,
+                on_connect=catch_up,
+                check_interval=settings.listen_check_seconds,
+                reconnect_cap=settings.reconnect_max_seconds,
+                deadline=settings.db_timeout_seconds,
+            )
+        loops = [claimer, healer] if listener is None else [listener, claimer, healer]
+        health = Health(loops, listener, sampler, settings.watchdog_stall_seconds)
+        services: tuple[Service, ...] = (claimer, healer, scanner, notifier, *senders)
+        if advisor is not None:
+            services += (advisor,)
+        workers = anyio.create_task_group()
         async with anyio.create_task_group() as tg:
-            if listen_conninfo is None:
-                catch_up()
-            else:
-                listener = Listener(
-                    listen_conninfo,
-                    on_notify=claim_wakeup.set,
-                    on_connect=catch_up,
-                    check_interval=settings.listen_check_seconds,
-                    reconnect_cap=settings.reconnect_max_seconds,
-                    deadline=settings.db_timeout_seconds,
-                )
-                # Listen before claiming, so nothing committed after start-up goes unnoticed.
-                await tg.start(listener.run)
-            workers = anyio.create_task_group()
-            async with workers:
-                services: tuple[Service, ...] = (claimer, healer, scanner, notifier, *senders)
-                if advisor is not None:
-                    services += (advisor,)
-                await tg.start(
-                    _stop_on_signal, settings, tg.cancel_scope, workers.cancel_scope, services
-                )
-                for service in services:
-                    workers.start_soon(service.run)
-                log.info(
-                    "daemon.started",
-                    owner=owner,
-                    batch_size=settings.batch_size,
-                    scan_interval_seconds=settings.scan_interval_seconds,
-                    alert_channels=[sender.channel.value for sender in senders],
-                )
-            # The workers finished their in-flight batches (or the grace period ran out).
+            # Heard from the start: a SIGTERM while Postgres is still away ends it too.
+            stopping = _Stopping(settings, systemd, health, tg.cancel_scope, workers)
+            await tg.start(_stop_on_signal, stopping, services)
+            tg.start_soon(sampler.run)
+            if systemd.enabled:
+                tg.start_soon(Watchdog(systemd, health, status_every=_SAMPLE_EVERY).run)
+            http_shutdown = anyio.Event()
+            async with anyio.create_task_group() as web:
+                if http_socket is not None:  # answering (503) while the first LISTEN waits
+                    await web.start(serve_http, create_app(health), http_socket, http_shutdown)
+                if listener is None:
+                    catch_up()
+                else:
+                    # Listen before claiming: nothing committed after start-up goes unnoticed.
+                    await tg.start(listener.run)
+                async with workers:
+                    for service in services:
+                        workers.start_soon(service.run)
+                    log.info(
+                        "daemon.started",
+                        owner=owner,
+                        batch_size=settings.batch_size,
+                        scan_interval_seconds=settings.scan_interval_seconds,
+                        alert_channels=[sender.channel.value for sender in senders],
+                    )
+                    stopping.running.set()
+                    systemd.notify(READY="1", STATUS=health.summary())
+                # The workers finished their in-flight batches (or the grace period ran out).
+                http_shutdown.set()
             tg.cancel_scope.cancel()
     log.info("daemon.stopped", owner=owner)
+
+
+def _bind_http(settings: Settings) -> socket.socket | None:
+    address = settings.http_address()
+    if address is None:
+        return None
+    try:
+        return bind(address)
+    except OSError as exc:
+        raise ConfigError(
+            f"invalid configuration: SELFHEAL_HTTP_ADDR: cannot listen on {settings.http_addr}: "
+            f"{exc.strerror or exc}"
+        ) from None
 
 
 async def _advising(
@@ -185,27 +228,42 @@ def _alerting(
     return notifier, senders
 
 
+@dataclass(frozen=True, slots=True)
+class _Stopping:
+    """What a shutdown touches: systemd and /healthz hear of it, the workers stop within
+    the grace period, then the daemon's scope ends."""
+
+    settings: Settings
+    systemd: Systemd
+    health: Health
+    daemon_scope: CancelScope
+    workers: TaskGroup
+    running: anyio.Event = field(default_factory=anyio.Event)  # the workers started
+
+
 async def _stop_on_signal(
-    settings: Settings,
-    daemon_scope: CancelScope,
-    workers_scope: CancelScope,
+    stopping: _Stopping,
     workers: tuple[Stoppable, ...],
     *,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
+    grace = stopping.settings.shutdown_grace_seconds
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         task_status.started()
         async for signum in signals:
-            log.info(
-                "daemon.stopping",
-                signal=signal.Signals(signum).name,
-                grace_seconds=settings.shutdown_grace_seconds,
-            )
+            log.info("daemon.stopping", signal=signal.Signals(signum).name, grace_seconds=grace)
+            stopping.health.stopping = True
+            stopping.systemd.notify(STOPPING="1", STATUS="stopping: finishing work in flight")
+            # The grace, and the time to release leases after it: not a hang to kill.
+            stopping.systemd.extend_timeout(grace + _AFTER_GRACE)
             for worker in workers:
                 worker.stop()
             break
+    if not stopping.running.is_set():  # nothing in flight yet: no grace to wait for
+        stopping.daemon_scope.cancel()
+        return
     # An unfinished transaction rolls back when cancelled: its failures return to the inbox.
-    await anyio.sleep(settings.shutdown_grace_seconds)
+    await anyio.sleep(grace)
     log.warning("daemon.grace_expired")
-    workers_scope.cancel()
-    daemon_scope.cancel()
+    stopping.workers.cancel_scope.cancel()
+    stopping.daemon_scope.cancel()

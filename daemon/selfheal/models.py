@@ -109,6 +109,7 @@ class ClaimedFailure:
     endpoint: str | None
     attempts: int
     vanished: bool = False  # the event row was deleted after it was queued
+    failed_at: datetime | None = None  # the event row's created_at
 
 
 @dataclass(frozen=True, slots=True)
@@ -577,3 +578,16 @@ def alert_from_row(fields: Mapping[str, Any]) -> Alert:
         known["event_id"] = uuid.UUID(known["event_id"])
     known["user_ids"] = tuple(str(u) for u in known.get("user_ids", ()))
     return Alert(**{**known, "kind": AlertKind(known["kind"])})
+
+
+@dataclass(frozen=True, slots=True)
+class Gauges:
+    """What the sampler reads every few seconds (db/queries.GAUGES)."""
+
+    pending: int
+    disabled_services: int
+    disabled_user_connections: int
+    open_circuits: int
+    inbox: int
+    oldest_inbox_seconds: float
+    outbox: int

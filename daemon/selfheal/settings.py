@@ -16,7 +16,7 @@ from selfheal.core.ratelimit import DEFAULT_MAX_WAIT
 from selfheal.core.thresholds import Thresholds
 from selfheal.models import Channel
 
-__all__ = ["ConfigError", "Settings", "load_settings"]
+__all__ = ["ConfigError", "Settings", "load_settings", "parse_address"]
 
 
 class ConfigError(Exception):
@@ -96,6 +96,12 @@ class Settings(BaseSettings):
     llm_concurrency: int = Field(default=2, ge=1, le=64)  # questions in flight, all daemons
     llm_max_calls_per_hour: int = Field(default=120, ge=0)  # all daemons together
     llm_timeout_seconds: float = Field(default=5.0, gt=0, le=300)
+    # host:port of the daemon's HTTP server (/metrics, /healthz); empty: no server.
+    http_addr: str = ""
+    # A loop (listener, claimer, healer) working this long without progress is stuck:
+    # /healthz says so, and systemd's watchdog pings stop (every wait on Postgres ends at
+    # SELFHEAL_DB_TIMEOUT_SECONDS, so this is longer).
+    watchdog_stall_seconds: float = Field(default=60.0, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
 
@@ -131,6 +137,14 @@ class Settings(BaseSettings):
             raise ValueError("must be printable ASCII without spaces")  # never the key itself
         return SecretStr(key)
 
+    @field_validator("http_addr")
+    @classmethod
+    def _http_addr(cls, value: str) -> str:
+        value = value.strip()
+        if value:
+            parse_address(value)
+        return value
+
     @field_validator("dashboard_url")
     @classmethod
     def _dashboard_url(cls, value: str | None) -> str | None:
@@ -157,6 +171,10 @@ class Settings(BaseSettings):
             retry_base=min(self.alert_retry_base_seconds, self.alert_retry_max_seconds),
             retry_cap=self.alert_retry_max_seconds,
         )
+
+    def http_address(self) -> tuple[str, int] | None:
+        """(host, port) of the HTTP server; None when it is off."""
+        return parse_address(self.http_addr) if self.http_addr else None
 
     def llm_off_reason(self) -> str | None:
         """Why the daemon never asks the LLM (None: it asks)."""
@@ -205,7 +223,24 @@ def load_settings(**overrides: object) -> Settings:
         error = exc.errors()[0]
         name = _env_name(error["loc"])
         # Not chained: the validation error holds the input, and a webhook URL is a secret.
-        raise ConfigError(f"invalid configuration: {name}: {error['msg']}") from None
+        message = error["msg"].removeprefix("Value error, ")  # pydantic's, for our own checks
+        raise ConfigError(f"invalid configuration: {name}: {message}") from None
+
+
+def parse_address(value: str) -> tuple[str, int]:
+    """'127.0.0.1:9464', '[::1]:9464' (IPv6 in brackets), or ':9464' (every IPv4
+    interface) as (host, port)."""
+    host, sep, port = value.rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]")
+    if (
+        not sep
+        or not (port.isascii() and port.isdigit() and int(port) <= 65535)
+        or (":" in host and not bracketed)
+        or (not bracketed and ("[" in host or "]" in host))
+    ):
+        raise ValueError("must be host:port, such as 127.0.0.1:9464 or [::1]:9464")
+    host = host[1:-1] if bracketed else host
+    return host or "0.0.0.0", int(port)  # noqa: S104 - every interface, as asked
 
 
 def webhook_url_problem(url: str, *, teams: bool) -> str | None:

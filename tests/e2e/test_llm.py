@@ -422,6 +422,7 @@ def test_a_thousand_identical_unknown_failures_cost_one_question(
         assert len(llm.asked()) == 1
         assert conn.execute("SELECT count(*) FROM selfheal_alert_groups").fetchone() == (1,)
         assert conn.execute("SELECT result FROM selfheal_llm_calls").fetchall() == [("answered",)]
+        daemon.wait_for("llm.answered")  # logged after the answer is written
     assert len(daemon.events("llm.answered")) == 1
     assert daemon.terminate() == 0
 

@@ -119,21 +119,34 @@ def test_inject_status_and_enable(
     assert healed["status"] == "pending"
     assert healed["action_taken"] == "cannot replay: the event has no endpoint"
     _, status = run(capsys, "status", "--json")
-    assert status["records"] == 1
+    assert (status["pending"], status["failures_24h"], status["disabled"]) == (1, 1, 0)
     assert status["by_category"] == {"network": {"pending": 1}}
+    assert status["pending_by_category"] == {"network": 1}
     # The unhealed failure counts against its service (recovery_fail_count).
-    [failing] = status["failing_services"]
-    assert (failing["service_name"], failing["recovery_fail_count"]) == ("slack", 1)
+    [failing] = status["top_failing_services"]
+    assert failing == {
+        "service_name": "slack",
+        "failures_24h": 1,
+        "resolved_24h": 0,
+        "pending_24h": 1,
+        "enabled": True,
+        "unhealed_since_success": 1,
+    }
     code, text = run(capsys, "status")
     assert code == 0 and "network" in text
-    assert "failing   slack: 1 unhealed since the last success" in text
+    lines = [" ".join(line.split()) for line in text.splitlines()]
+    assert "slack 1 0 1" in lines and any(
+        line.startswith("active failures (pending) 1") for line in lines
+    )
     with psycopg.connect(env, autocommit=True) as conn:
         # The healer registered the service on its first failure; an operator's view of it:
         conn.execute(
             "UPDATE integrations_master SET auto_recovery_enabled = false, "
             "recovery_fail_count = 9, disabled_reason = 'too many' WHERE service_name = 'slack'"
         )
-        assert run(capsys, "status", "--json")[1]["disabled_targets"][0]["reason"] == "too many"
+        _, status = run(capsys, "status", "--json")
+        assert status["disabled_integrations"][0]["reason"] == "too many"
+        assert status["disabled"] == 1
         code, enabled = run(capsys, "enable", "slack")
         assert (code, enabled["enabled"]) == (0, 1)
         row = conn.execute(
@@ -235,3 +248,99 @@ def test_status_shows_an_open_circuit_and_enable_closes_it(
             "FROM system_integrity_events"
         ).fetchone()
         assert row == (3,)
+
+
+KNOWN_RECORDS = """
+INSERT INTO system_integrity_events (event_id, service_name, failure_category, status,
+                                     created_at, resolved_at, next_retry_at)
+SELECT gen_random_uuid(), r.service, r.category, r.status,
+       now() - make_interval(secs => r.age), now() - make_interval(secs => r.age - r.ttr),
+       CASE WHEN r.status = 'pending' THEN now() + interval '1 hour' END
+FROM (VALUES
+    -- service, category, status, seconds ago, seconds it took to recover
+    ('stripe', 'network', 'resolved', 3600, 10), ('stripe', 'network', 'resolved', 3000, 20),
+    ('stripe', 'network', 'resolved', 2400, 30), ('stripe', 'rate_limit', 'resolved', 600, 40),
+    ('stripe', 'data', 'pending', 500, 0), ('slack', 'auth', 'resolved', 400, 100),
+    ('slack', 'auth', 'pending', 300, 0), ('teams', 'unknown', 'disabled', 200, 0),
+    -- two days old: active, but not part of the last day's figures
+    ('slack', 'data', 'pending', 172800, 0), ('slack', 'network', 'resolved', 172800, 5)
+) AS r(service, category, status, age, ttr)
+"""
+
+
+def test_status_reports_the_kpis_of_known_data(
+    env: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with psycopg.connect(env, autocommit=True) as conn:
+        conn.execute(KNOWN_RECORDS)
+        conn.execute(
+            "UPDATE system_integrity_events SET resolved_at = NULL WHERE status <> 'resolved'"
+        )
+        conn.execute(
+            "INSERT INTO integrations_master (service_name, auto_recovery_enabled, "
+            "disabled_reason) VALUES ('teams', false, '5 consecutive unknown failures')"
+        )
+    _, status = run(capsys, "status", "--json")
+    for key in (
+        "pending", "disabled", "recovery_rate_24h", "mttr_seconds", "by_category",
+        "top_failing_services", "llm", "circuits", "alert_groups",
+    ):  # fmt: skip
+        assert key in status, key
+    assert status["pending"] == 3  # the old one too
+    assert status["pending_by_category"] == {"data": 2, "auth": 1}
+    assert status["disabled"] == 1
+    assert status["failures_24h"] == 8 and status["resolved_24h"] == 5
+    assert status["recovery_rate_24h"] == 0.625
+    assert status["mttr_seconds"] == pytest.approx((10 + 20 + 30 + 40 + 100) / 5, abs=0.01)
+    assert status["ttr_p90_seconds"] == pytest.approx(76, abs=0.01)  # between 40 and 100
+    assert status["by_category"] == {
+        "network": {"resolved": 3},
+        "rate_limit": {"resolved": 1},
+        "data": {"pending": 1},
+        "auth": {"resolved": 1, "pending": 1},
+        "unknown": {"disabled": 1},
+    }
+    assert [(s["service_name"], s["failures_24h"]) for s in status["top_failing_services"]] == [
+        ("stripe", 5),
+        ("slack", 2),
+        ("teams", 1),
+    ]
+    assert status["top_failing_services"][2]["enabled"] is False
+    assert status["llm"]["calls"] == 0 and status["alert_groups"]["open_groups"] == 0
+    _, text = run(capsys, "status")
+    lines = [" ".join(line.split()) for line in text.splitlines()]
+    assert "active failures (pending) 3 oldest 48.0 h ago" in lines
+    assert "recovery rate, 24 h 62.5% 5 resolved" in lines
+    assert "time to recover, 24 h 40.0 s p90 1.3 min" in lines
+    assert "stripe 5 4 1" in lines
+    assert "disabled teams: 5 consecutive unknown failures" in lines
+
+
+def test_inject_writes_each_kind_as_an_integration_would(
+    env: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ENVIRONMENT", "development")
+    user = uuid.uuid4()
+    code, body = run(
+        capsys, "inject", "--service", "acme", "--failure", "unknown", "--count", "3",
+        "--user", str(user), "--endpoint", "https://api.acme.example/v1/widgets",
+    )  # fmt: skip
+    assert code == 0 and body["success"] and len(body["event_ids"]) == 3
+    assert body["event_id"] == body["event_ids"][0]
+    with psycopg.connect(env, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT service_name, status, http_status, error_code, user_id, endpoint, "
+            "selfheal_attempt FROM integration_events"
+        ).fetchall()
+        queued = conn.execute("SELECT count(*) FROM selfheal_inbox").fetchone()
+    assert set(rows) == {
+        ("acme", "error", 418, "teapot", user, "https://api.acme.example/v1/widgets", None)
+    }
+    assert queued == (3,)  # the trigger saw them, as any integration's rows
+    for kind in ("auth", "rate_limit", "network", "data", "unknown"):
+        code, body = run(capsys, "inject", "--service", "acme", "--failure", kind)
+        assert code == 0, kind
+    with pytest.raises(SystemExit) as refused:
+        main(["inject", "--service", "acme", "--failure", "auth", "--count", "0"])
+    assert refused.value.code == 2
+    assert "'0' is not a count from 1 to 100,000" in capsys.readouterr().err

@@ -3,6 +3,7 @@ the `embedded` extra (`pip install 'pg-selfheal[embedded]'`)."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -12,13 +13,12 @@ INSTALL_HINT = "pip install 'pg-selfheal[embedded]'"
 
 
 def available() -> bool:
-    """Whether the `embedded` extra is installed (imported here: it is needed next)."""
+    """Whether the `embedded` extra is installed. Looked up, not imported: importing
+    pgserver asks for a runtime directory, which start_embedded provides first."""
     try:
-        import pgserver  # noqa: F401
-        import platformdirs  # noqa: F401
-    except ImportError:
+        return all(importlib.util.find_spec(name) for name in ("pgserver", "platformdirs"))
+    except (ImportError, ValueError):  # a module set to None in sys.modules: not usable
         return False
-    return True
 
 
 def default_data_dir() -> Path:

@@ -51,7 +51,7 @@ WITH claimed AS (
 SELECT c.event_id, e.service_name, e.http_status, e.error_code, e.error_message,
        e.response_headers::text AS response_headers, e.payload::text AS payload,
        e.user_id, e.endpoint, c.attempts,
-       e.id IS NULL AS vanished
+       e.id IS NULL AS vanished, e.created_at AS failed_at
 FROM claimed c
 LEFT JOIN integration_events e ON e.id = c.event_id
 """
@@ -61,7 +61,7 @@ CLAIM_EVENTS: LiteralString = """
 SELECT e.id AS event_id, e.service_name, e.http_status, e.error_code, e.error_message,
        e.response_headers::text AS response_headers, e.payload::text AS payload,
        e.user_id, e.endpoint,
-       COALESCE(q.attempts, 0) AS attempts, false AS vanished
+       COALESCE(q.attempts, 0) AS attempts, false AS vanished, e.created_at AS failed_at
 FROM integration_events e
 LEFT JOIN selfheal_inbox q ON q.event_id = e.id
 WHERE e.id = ANY (%(event_ids)s::uuid[]) AND e.status <> 'success'
@@ -215,31 +215,21 @@ EVENT_EXISTS: LiteralString = (
     "SELECT EXISTS (SELECT 1 FROM integration_events WHERE id = %(event_id)s)"
 )
 
-# One pass over the records; the inbox is small.
+# `selfheal status`: the KPIs (views of sql/migrations/0010_kpis.sql, each through an index).
 STATUS_COUNTS: LiteralString = """
-SELECT q.inbox, q.oldest_inbox, s.*
-FROM (SELECT count(*) AS inbox, min(enqueued_at) AS oldest_inbox FROM selfheal_inbox) AS q,
-     (SELECT count(*) AS records,
-             count(*) FILTER (WHERE status = 'pending') AS pending,
-             count(*) FILTER (WHERE status = 'resolved') AS resolved,
-             count(*) FILTER (WHERE status = 'disabled') AS disabled,
-             count(*) FILTER (WHERE status = 'pending' AND next_retry_at <= now()) AS due,
-             count(*) FILTER (WHERE created_at >= now() - interval '1 hour') AS last_hour
-      FROM system_integrity_events) AS s
+SELECT d.*,
+       (SELECT count(*) FROM selfheal_inbox) AS inbox,
+       (SELECT enqueued_at FROM selfheal_inbox ORDER BY seq LIMIT 1) AS oldest_inbox,
+       (SELECT count(*) FROM system_integrity_events
+        WHERE status = 'pending' AND next_retry_at <= now()) AS due,
+       (SELECT count(*) FROM system_integrity_events
+        WHERE created_at >= now() - interval '1 hour') AS last_hour
+FROM selfheal_kpi_last_day d
 """
-STATUS_BY_CATEGORY: LiteralString = """
-SELECT failure_category, status, count(*)
-FROM system_integrity_events GROUP BY 1, 2 ORDER BY 1, 2
-"""
-DISABLED_TARGETS: LiteralString = """
-SELECT m.service_name, NULL::uuid AS user_id, m.disabled_reason AS reason, m.disabled_at
-FROM integrations_master m WHERE NOT m.auto_recovery_enabled
-UNION ALL
-SELECT m.service_name, u.user_id, u.disabled_reason AS reason, u.disabled_at
-FROM user_integrations u JOIN integrations_master m ON m.id = u.integration_id
-WHERE NOT u.auto_recovery_enabled
-ORDER BY 1, 2
-"""
+STATUS_BY_CATEGORY: LiteralString = "SELECT category, status, failures FROM selfheal_kpi_categories"
+STATUS_PENDING: LiteralString = "SELECT category, pending, oldest FROM selfheal_kpi_pending"
+DISABLED_TARGETS: LiteralString = "SELECT * FROM selfheal_kpi_disabled ORDER BY 1, 2"
+TOP_FAILING_SERVICES: LiteralString = "SELECT * FROM selfheal_kpi_top_failing_services"
 
 # Circuits open now: what is down, since when, how many failures wait behind it.
 OPEN_CIRCUITS: LiteralString = """
@@ -258,16 +248,6 @@ SELECT m.service_name, u.user_id, u.circuit_opened_at, u.circuit_failed_probes,
 FROM user_integrations u JOIN integrations_master m ON m.id = u.integration_id
 WHERE u.circuit_opened_at IS NOT NULL
 ORDER BY 1, 2
-"""
-
-# Services whose recoveries keep failing: recovery_fail_count counts the unhealed failures
-# since the last success or `selfheal enable`.
-FAILING_SERVICES: LiteralString = """
-SELECT service_name, recovery_fail_count, last_recovery_at
-FROM integrations_master
-WHERE recovery_fail_count > 0 AND auto_recovery_enabled
-ORDER BY recovery_fail_count DESC, service_name
-LIMIT 20
 """
 
 # `selfheal enable`: counters reset, circuit closed, and the service's failures that
@@ -321,10 +301,9 @@ INSERT INTO integration_events (
     service_name, event_type, payload, user_id, status, error_code, error_message,
     http_status, endpoint, http_method, response_headers
 )
-VALUES (
-    %(service_name)s, 'selfheal.inject', %(payload)s, %(user_id)s, 'error', %(error_code)s,
-    %(error_message)s, %(http_status)s, %(endpoint)s, 'POST', %(response_headers)s
-)
+SELECT %(service_name)s, 'selfheal.inject', %(payload)s, %(user_id)s, 'error', %(error_code)s,
+       %(error_message)s, %(http_status)s, %(endpoint)s, 'POST', %(response_headers)s
+FROM generate_series(1, %(count)s)
 RETURNING id
 """
 
@@ -1051,24 +1030,35 @@ DELETE FROM selfheal_llm_calls WHERE at < now() - interval '7 days'
 
 # `selfheal status`: the last day's questions.
 LLM_CALLS: LiteralString = """
-SELECT count(*) AS calls,
-       count(*) FILTER (WHERE result = 'answered') AS answered,
-       count(*) FILTER (WHERE result = 'failed') AS failed,
-       count(*) FILTER (WHERE at > now() - interval '1 hour') AS last_hour,
-       round(avg(latency_ms) FILTER (WHERE result = 'answered')::numeric, 1)::float8
-           AS mean_latency_ms,
-       round((percentile_cont(0.9) WITHIN GROUP (ORDER BY latency_ms)
-              FILTER (WHERE result = 'answered'))::numeric, 1)::float8 AS p90_latency_ms,
-       COALESCE(sum(prompt_tokens), 0) AS prompt_tokens,
-       COALESCE(sum(completion_tokens), 0) AS completion_tokens,
+SELECT u.*,
        (SELECT count(*) FROM selfheal_alert_groups WHERE llm_wanted_at IS NOT NULL)
            AS waiting,
        (SELECT count(*) FROM selfheal_alert_groups WHERE llm_stop IS NOT NULL)
            AS groups_retry_stopped
-FROM selfheal_llm_calls WHERE at > now() - interval '24 hours'
+FROM selfheal_kpi_llm_usage u
 """
 LLM_FAILURES: LiteralString = """
 SELECT reason, count(*) AS calls FROM selfheal_llm_calls
 WHERE result = 'failed' AND at > now() - interval '24 hours'
 GROUP BY reason ORDER BY count(*) DESC, reason
+"""
+
+
+# --- operations (services/sampler.py) --------------------------------------------------------
+
+# The gauges /metrics and systemd's STATUS= show, read every few seconds: each count is
+# served by an index.
+GAUGES: LiteralString = """
+SELECT (SELECT count(*) FROM system_integrity_events WHERE status = 'pending') AS pending,
+       (SELECT count(*) FROM integrations_master WHERE NOT auto_recovery_enabled)
+           AS disabled_services,
+       (SELECT count(*) FROM user_integrations WHERE NOT auto_recovery_enabled)
+           AS disabled_user_connections,
+       (SELECT count(*) FROM integrations_master WHERE circuit_opened_at IS NOT NULL)
+           + (SELECT count(*) FROM user_integrations WHERE circuit_opened_at IS NOT NULL)
+           AS open_circuits,
+       (SELECT count(*) FROM selfheal_inbox) AS inbox,
+       COALESCE((SELECT EXTRACT(EPOCH FROM now() - enqueued_at) FROM selfheal_inbox
+                 ORDER BY seq LIMIT 1), 0)::float8 AS oldest_inbox_seconds,
+       (SELECT count(*) FROM selfheal_alerts WHERE status = 'queued') AS outbox
 """

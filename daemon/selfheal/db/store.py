@@ -18,6 +18,7 @@ from psycopg import sql
 from psycopg.rows import AsyncRowFactory, class_row, dict_row, kwargs_row, tuple_row
 from psycopg_pool import AsyncConnectionPool
 
+from selfheal import progress
 from selfheal.core.alerts import AlertPolicy
 from selfheal.core.llm_prompt import AdvicePolicy
 from selfheal.core.thresholds import Thresholds
@@ -29,6 +30,7 @@ from selfheal.models import (
     Category,
     ClaimedFailure,
     Diagnosis,
+    Gauges,
     GroupTouch,
     Job,
     Recorded,
@@ -132,7 +134,9 @@ class _HotPath:
                         conn = self._conn or await self._connect()
                         async with conn.cursor(row_factory=rows) as cur:
                             await cur.execute(query, params)
-                            return await cur.fetchall()
+                            fetched = await cur.fetchall()
+                    progress.beat()
+                    return fetched
                 except TimeoutError:
                     await self.close()
                     raise deadline_missed(self._policy.deadline) from None
@@ -224,6 +228,7 @@ class Store:
                 try:
                     with anyio.fail_after(self._policy.deadline):
                         yield conn
+                    progress.beat()
                 except TimeoutError:
                     await conn.close()
                     await self._pool.drain()
@@ -469,22 +474,33 @@ class Store:
         return bool(rows and rows[0][0])
 
     async def status(self) -> dict[str, Any]:
-        counts = (await self._fetchall(queries.STATUS_COUNTS, {}, dict_row))[0]
+        """The KPIs: active failures, disabled integrations, the last day's recovery rate,
+        time to recover, category distribution and top failing services, open circuits."""
+        [counts] = await self._fetchall(queries.STATUS_COUNTS, {}, dict_row)
         by_category: dict[str, dict[str, int]] = {}
         for category, status, count in await self._fetchall(
             queries.STATUS_BY_CATEGORY, {}, tuple_row
         ):
             by_category.setdefault(category, {})[status] = count
+        pending = await self._fetchall(queries.STATUS_PENDING, {}, dict_row)
         disabled = await self._fetchall(queries.DISABLED_TARGETS, {}, dict_row)
-        failing = await self._fetchall(queries.FAILING_SERVICES, {}, dict_row)
-        circuits = await self._fetchall(queries.OPEN_CIRCUITS, {}, dict_row)
         return {
+            "pending": sum(int(p["pending"]) for p in pending),
+            "oldest_pending": min((p["oldest"] for p in pending), default=None),
             **counts,
+            "disabled": len(disabled),
             "by_category": by_category,
-            "disabled_targets": disabled,
-            "failing_services": failing,
-            "circuits": circuits,
+            "pending_by_category": {p["category"]: p["pending"] for p in pending},
+            "top_failing_services": await self._fetchall(
+                queries.TOP_FAILING_SERVICES, {}, dict_row
+            ),
+            "disabled_integrations": disabled,
+            "circuits": await self._fetchall(queries.OPEN_CIRCUITS, {}, dict_row),
         }
+
+    async def gauges(self) -> Gauges:
+        [gauges] = await self._fetchall(queries.GAUGES, {}, class_row(Gauges))
+        return gauges
 
     async def enable(self, service_name: str, user_id: uuid.UUID | None) -> int:
         """Re-enable recovery for a service (or one user's connection); resets counters."""
@@ -500,9 +516,9 @@ class Store:
             )
         return len(rows)
 
-    async def inject(self, values: dict[str, Any]) -> uuid.UUID:
+    async def inject(self, values: dict[str, Any]) -> list[uuid.UUID]:
         rows = await self._fetchall(queries.INJECT_FAILURE, values, tuple_row)
-        return uuid.UUID(str(rows[0][0]))
+        return [uuid.UUID(str(event_id)) for (event_id,) in rows]
 
 
 class _LockedTokens:

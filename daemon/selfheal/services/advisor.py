@@ -12,6 +12,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
+from selfheal import metrics
 from selfheal.core.llm_prompt import (
     AdvicePolicy,
     InvalidAnswer,
@@ -130,12 +131,12 @@ class Advisor(Service):
                 finish_reason=completion.finish_reason,
             )
         except (LlmFailed, InvalidAnswer) as exc:
-            usage = _usage(completion, started)
+            usage = _usage(completion, started, "failed")
             log.warning("llm.failed", **fields, reason=str(exc), latency_ms=usage["latency_ms"])
             write = partial(self._questions.failed, claim, str(exc), usage)
             await retry_until_done("advisor", write, self._reconnect_cap)
             return
-        usage = _usage(completion, started)
+        usage = _usage(completion, started, "answered")
         stop = stop_reason(claim.category, opinion, self._policy)
         answer = recorded(opinion, model=self._llm.model, latency_ms=usage["latency_ms"], stop=stop)
         write = partial(self._questions.answered, claim, answer, reasoning(opinion), stop, usage)
@@ -189,9 +190,17 @@ def _question(claim: ClaimedQuestion) -> Question:
     )
 
 
-def _usage(completion: Completion | None, started: float) -> dict[str, Any]:
+def _usage(completion: Completion | None, started: float, result: str) -> dict[str, Any]:
+    """What a question cost (for its call row and the log), counted in the metrics."""
+    seconds = anyio.current_time() - started
+    prompt_tokens = completion.prompt_tokens if completion else None
+    completion_tokens = completion.completion_tokens if completion else None
+    metrics.LLM_CALLS.labels(result).inc()
+    metrics.LLM_LATENCY.observe(seconds)
+    metrics.LLM_TOKENS.labels("prompt").inc(prompt_tokens or 0)
+    metrics.LLM_TOKENS.labels("completion").inc(completion_tokens or 0)
     return {
-        "latency_ms": round((anyio.current_time() - started) * 1000, 1),
-        "prompt_tokens": completion.prompt_tokens if completion else None,
-        "completion_tokens": completion.completion_tokens if completion else None,
+        "latency_ms": round(seconds * 1000, 1),
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
     }

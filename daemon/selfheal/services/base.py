@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import ClassVar
 
 import anyio
 import structlog
 
+from selfheal import progress
 from selfheal.core.retry import reconnect_delay
 from selfheal.errors import TemporaryError
 from selfheal.logs import first_line, get_logger
@@ -118,6 +121,28 @@ class Service:
         self._period = period
         self.backoff = Backoff(reconnect_cap)
         self.stopping = False
+        # Progress, for the watchdog and /healthz: when the loop last moved on, and whether
+        # it is waiting (for work, a wake-up or Postgres), which is never a stall.
+        self.beat_at = time.monotonic()
+        self.resting = True
+
+    def beat(self) -> None:
+        """The loop is making progress (a long step calls it as it goes)."""
+        self.beat_at = time.monotonic()
+
+    @contextmanager
+    def rest(self) -> Iterator[None]:
+        """A wait that is not a stall: for a wake-up, a gate, or Postgres to come back."""
+        self.resting = True
+        try:
+            yield
+        finally:
+            self.resting = False
+            self.beat()
+
+    def stalled_for(self, now: float) -> float:
+        """Seconds the loop has been working without progress (0 while it rests)."""
+        return 0.0 if self.resting else max(0.0, now - self.beat_at)
 
     def stop(self) -> None:
         self.stopping = True
@@ -133,7 +158,11 @@ class Service:
     async def run(self) -> None:
         # Every line logged by this service (and the tasks it starts) names it: `loop`.
         with structlog.contextvars.bound_contextvars(loop=self.name):
-            await self.main()
+            progress.beating(self.beat)
+            try:
+                await self.main()
+            finally:
+                self.resting = True  # a loop that ended is not stuck
 
     async def main(self) -> None:
         """What the service runs: the loop, or (in a subclass) the loop and its helpers."""
@@ -141,15 +170,19 @@ class Service:
 
     async def loop(self) -> None:
         while not self.stopping:
+            self.resting = False
+            self.beat()
             try:
                 due = await self.step()
             except TemporaryError as exc:
                 delay = self.backoff.next_delay()
                 self.on_unavailable(exc, delay)
-                await anyio.sleep(delay)
+                with self.rest():
+                    await anyio.sleep(delay)
                 continue
             self.backoff.reset()
-            await self.wakeup.wait(self._period if due is None else min(due, self._period))
+            with self.rest():
+                await self.wakeup.wait(self._period if due is None else min(due, self._period))
 
 
 async def retry_until_done(

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
+from selfheal import metrics
 from selfheal.core.diagnose import diagnose, parked_signals
 from selfheal.core.sanitize import scrub_text
 from selfheal.db.store import Store
@@ -144,6 +145,7 @@ class Claimer(Service):
         return batch
 
     async def _write(self, batch: _Batch, *, overlap: bool = False) -> list[Recorded]:
+        self.beat()  # a backlog's drain is one long step: each batch is progress
         recorded: list[Recorded] = []
         suspects = batch.suspects
         if batch.done:
@@ -160,7 +162,9 @@ class Claimer(Service):
                 suspects = [*batch.claimed, *suspects]
             self._log_recorded(recorded)
         for suspect in suspects:
+            self.beat()  # one by one, each its own round trips: progress all the same
             recorded.extend(await self._process_suspect(suspect))
+        _count(batch, recorded)
         return recorded
 
     async def _process_suspect(self, suspect: ClaimedFailure) -> list[Recorded]:
@@ -237,3 +241,18 @@ class _Batch:
 def _stored(error: str) -> str:
     """An error line as it may be stored: sanitized and short."""
     return scrub_text(error, max_length=500)
+
+
+def _count(batch: _Batch, recorded: list[Recorded]) -> None:
+    """The metrics of what a batch recorded: by service and category, and how long each
+    took from its row to its record."""
+    metrics.count_by_service(
+        metrics.FAILURES_RECORDED,
+        ((r.diagnosis.service_name, r.diagnosis.analysis.category.value) for r in recorded),
+    )
+    ids = {r.diagnosis.event_id for r in recorded}
+    now = utcnow()
+    for claimed in (*batch.claimed, *batch.suspects):
+        if claimed.event_id in ids and claimed.failed_at is not None:
+            lag = (now - claimed.failed_at).total_seconds()
+            metrics.NOTIFICATION_LAG.observe(max(0.0, lag))

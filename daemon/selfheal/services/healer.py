@@ -16,6 +16,7 @@ import anyio
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from selfheal import metrics
 from selfheal.core import plan as planning
 from selfheal.core.alerts import touches
 from selfheal.core.effects import settle
@@ -24,7 +25,7 @@ from selfheal.db.store import Store
 from selfheal.errors import DatabaseUnavailable, ServiceRegistrationFailed
 from selfheal.http.clients import HttpClients
 from selfheal.logs import error_fields, first_line, get_logger
-from selfheal.models import CircuitChange, Clock, Job, Outcome, Settled, utcnow
+from selfheal.models import CircuitChange, Clock, Job, Outcome, Settled, Status, utcnow
 from selfheal.services.base import Every, Gate, Service, Wakeup, retry_until_done
 from selfheal.services.circuits import Circuits
 from selfheal.services.execute import Executor, RequestLimits, Sleep
@@ -152,7 +153,8 @@ class Healer(Service):
 
     async def step(self) -> float | None:
         """Claim what is due and free slots allow; how soon to look again."""
-        await self._backlog.wait_open()
+        with self.rest():  # diagnosing a backlog goes first
+            await self._backlog.wait_open()
         free = int(self._slots.available_tokens)
         if free == 0:
             return None  # a finishing recovery wakes us
@@ -184,6 +186,7 @@ class Healer(Service):
         settled = self._settle(outcomes)
         if settled.outcomes:
             await self._record(settled)
+            _count(settled)
         return list(settled.outcomes)
 
     async def _claim(
@@ -346,9 +349,21 @@ class Healer(Service):
                         batch.append(receive.receive_nowait())
                     except (anyio.WouldBlock, anyio.EndOfStream):
                         break
+                settled = self._settle(batch)
                 await retry_until_done(
-                    "healer",
-                    partial(self._record, self._settle(batch)),
-                    self._settings.reconnect_max_seconds,
+                    "healer", partial(self._record, settled), self._settings.reconnect_max_seconds
                 )
+                _count(settled)
                 self.wakeup.set()  # a new next_retry_at may be the earliest now
+
+
+def _count(settled: Settled) -> None:
+    """The metrics of a written batch: its outcomes, and how long the healed took."""
+    metrics.count_by_service(
+        metrics.RECOVERIES, ((o.job.service_name, o.status.value) for o in settled.outcomes)
+    )
+    now = utcnow()
+    for outcome in settled.outcomes:
+        if outcome.status is Status.RESOLVED:
+            took = (now - outcome.job.failed_at).total_seconds()
+            metrics.TIME_TO_RECOVER.labels(outcome.job.category.value).observe(max(0.0, took))

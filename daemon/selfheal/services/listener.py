@@ -16,6 +16,7 @@ from selfheal.db import queries
 from selfheal.db.connections import deadline_missed, with_keepalives
 from selfheal.errors import DatabaseUnavailable, TemporaryError
 from selfheal.logs import first_line, get_logger
+from selfheal.metrics import LISTENER_CONNECTED
 from selfheal.services.base import Service, Wakeup
 
 __all__ = ["Listener"]
@@ -56,6 +57,7 @@ class Listener(Service):
     def on_unavailable(self, exc: TemporaryError, retry_in: float) -> None:
         event = "listener.disconnected" if self._listening else "listener.connect_failed"
         self._listening = False
+        LISTENER_CONNECTED.set(0)
         log.warning(event, error=first_line(exc), retry_in=retry_in)
 
     async def step(self) -> None:
@@ -71,6 +73,7 @@ class Listener(Service):
                 with anyio.fail_after(self._deadline):
                     await self._listen(conn)
                 self._listening = True
+                LISTENER_CONNECTED.set(1)
                 log.info(
                     "listener.reconnected" if self._ever_listened else "listener.listening",
                     channel=_CHANNEL,
@@ -90,13 +93,18 @@ class Listener(Service):
     async def _listen(self, conn: psycopg.AsyncConnection[Any]) -> None:
         await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(_CHANNEL)))
 
+    @property
+    def listening(self) -> bool:
+        return self._listening
+
     async def _serve(self, conn: psycopg.AsyncConnection[Any]) -> None:
         while True:
-            async for notify in conn.notifies(timeout=self._check_interval):
-                if notify.payload.isdigit():
-                    self._on_notify()
-                else:
-                    log.warning("listener.bad_payload", channel=notify.channel)
+            with self.rest():  # waiting for a notification is not a stall; the check may be
+                async for notify in conn.notifies(timeout=self._check_interval):
+                    if notify.payload.isdigit():
+                        self._on_notify()
+                    else:
+                        log.warning("listener.bad_payload", channel=notify.channel)
             # The check doubles as the link's heartbeat: a silent link misses the deadline.
             with anyio.fail_after(self._deadline):
                 cur = await conn.execute(queries.IS_LISTENING, {"channel": _CHANNEL})

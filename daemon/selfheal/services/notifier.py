@@ -10,6 +10,7 @@ from functools import partial
 
 from pydantic import SecretStr
 
+from selfheal import metrics
 from selfheal.core.alerts import (
     AlertPolicy,
     Attempted,
@@ -168,6 +169,10 @@ class Sender(Service):
         )
 
     def _log(self, claimed: ClaimedAlert, result: Attempted) -> None:
+        outcome = (
+            "delivered" if result.delivered else "dead" if result.status == "dead" else "retry"
+        )
+        metrics.ALERT_DELIVERIES.labels(self.channel.value, outcome).inc()
         fields = {
             "alert_id": claimed.id,
             "group": claimed.alert_group,

@@ -1,0 +1,1 @@
+"""The daemon's one small HTTP server: /metrics, /healthz (and the dashboard to come)."""

@@ -31,7 +31,9 @@ WORKDIR /opt/selfheal
 ENV PATH=/opt/selfheal/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     SELFHEAL_LOG_FORMAT=json \
-    SELFHEAL_HTTP_ADDR=0.0.0.0:9464
+    SELFHEAL_HTTP_ADDR=127.0.0.1:9464
+# /healthz (for the HEALTHCHECK) on loopback. To scrape /metrics or open the dashboard from
+# outside, set SELFHEAL_HTTP_ADDR=0.0.0.0:9464 and SELFHEAL_HTTP_TOKEN (required then).
 EXPOSE 9464
 STOPSIGNAL SIGTERM
 # Healthy while GET /healthz answers 200. No curl in a slim image: Python's urllib, told to

@@ -15,7 +15,7 @@ from selfheal.db.connections import ConnectionPolicy, behind_pooler
 from selfheal.db.migrate import apply_migrations
 from selfheal.db.outbox import Outbox
 from selfheal.db.questions import Questions
-from selfheal.db.store import Database, Store
+from selfheal.db.store import Database, RecordSummary, Store
 from selfheal.logs import get_logger
 from selfheal.models import Status
 from selfheal.services.base import Wakeup
@@ -33,6 +33,7 @@ __all__ = [
     "owner_name",
     "scan",
     "status_report",
+    "webhook_response",
 ]
 
 log = get_logger()
@@ -122,6 +123,11 @@ async def heal_event(settings: Settings, db: Database, event_id: uuid.UUID) -> d
         if record is not None:
             await healer.heal_now([record.recovery_id])
             record = await store.record_for_event(event_id)
+    return webhook_response(event_id, record)
+
+
+def webhook_response(event_id: uuid.UUID, record: RecordSummary | None) -> dict[str, Any]:
+    """The specification's webhook response for an event's record as it stands."""
     if record is None:
         return {"success": False, "error": f"event {event_id} is not a failure"}
     response: dict[str, Any] = {

@@ -31,8 +31,10 @@ from selfheal.services.notifier import Notifier, Sender
 from selfheal.services.sampler import Sampler
 from selfheal.services.scanner import Scanner
 from selfheal.services.watchdog import Health, Systemd, Watchdog
-from selfheal.settings import ConfigError, Settings
+from selfheal.settings import ConfigError, Settings, is_loopback
 from selfheal.web.app import create_app
+from selfheal.web.dashboard import Dashboard
+from selfheal.web.intake import Intake
 from selfheal.web.server import bind, serve_http
 
 __all__ = ["run_daemon"]
@@ -111,7 +113,20 @@ async def run_daemon(settings: Settings, db: Database, listen_conninfo: str | No
             http_shutdown = anyio.Event()
             async with anyio.create_task_group() as web:
                 if http_socket is not None:  # answering (503) while the first LISTEN waits
-                    await web.start(serve_http, create_app(health), http_socket, http_shutdown)
+                    intake = None
+                    if settings.internal_webhook_token is not None:
+                        intake = Intake(settings, db, store, web)
+                    token = settings.http_token
+                    address = settings.http_address()
+                    dashboard = Dashboard(
+                        store,
+                        settings,
+                        token=token.get_secret_value() if token else None,
+                        private=address is not None and not is_loopback(address[0]),
+                        on_due=heal_wakeup.set,
+                    )
+                    app = create_app(health, intake, dashboard)
+                    await web.start(serve_http, app, http_socket, http_shutdown)
                 if listener is None:
                     catch_up()
                 else:
@@ -205,7 +220,7 @@ def _alerting(
             # A killed sender's message goes again when its lease runs out: never sooner
             # than a post can take.
             lease_seconds=max(settings.lease_seconds, 2 * settings.http_timeout_seconds),
-            dashboard_url=settings.dashboard_url,
+            dashboard_url=settings.dashboard_link(),
             period=settings.poll_interval_seconds,
             reconnect_cap=settings.reconnect_max_seconds,
         )

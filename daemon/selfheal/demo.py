@@ -472,16 +472,19 @@ async def _admin(server: Database, statement: str, name: str) -> None:
 
 @contextmanager
 def _unproxied_loopback() -> Iterator[None]:
-    """The stand-ins are on loopback: never send the demo's requests through a proxy."""
-    before = os.environ.get("NO_PROXY")
-    os.environ["NO_PROXY"] = ",".join(filter(None, [before, "127.0.0.1", "localhost"]))
+    """The stand-ins are on loopback: never send the demo's requests through a proxy
+    (both spellings: where both are set, urllib reads the lower-case one)."""
+    before = {name: os.environ.get(name) for name in ("NO_PROXY", "no_proxy")}
+    for name, value in before.items():
+        os.environ[name] = ",".join(filter(None, [value, "127.0.0.1", "localhost"]))
     try:
         yield
     finally:
-        if before is None:
-            os.environ.pop("NO_PROXY", None)
-        else:
-            os.environ["NO_PROXY"] = before
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 # --- what the newcomer reads --------------------------------------------------------------

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import ipaddress
 from datetime import timedelta
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from selfheal.core.alerts import AlertPolicy, DeliveryPolicy
@@ -43,6 +51,10 @@ class Settings(BaseSettings):
         default="https://api.openai.com/v1", validation_alias="OPENAI_BASE_URL"
     )
     environment: str = Field(default="production", validation_alias="ENVIRONMENT")
+    # POST /integration-self-heal answers only requests that carry it; unset: no intake.
+    internal_webhook_token: SecretStr | None = Field(
+        default=None, validation_alias="INTERNAL_WEBHOOK_TOKEN"
+    )
 
     # Everything else is SELFHEAL_*.
     listen_database_url: SecretStr | None = None
@@ -96,8 +108,14 @@ class Settings(BaseSettings):
     llm_concurrency: int = Field(default=2, ge=1, le=64)  # questions in flight, all daemons
     llm_max_calls_per_hour: int = Field(default=120, ge=0)  # all daemons together
     llm_timeout_seconds: float = Field(default=5.0, gt=0, le=300)
-    # host:port of the daemon's HTTP server (/metrics, /healthz); empty: no server.
+    # host:port of the daemon's HTTP server (/metrics, /healthz, the dashboard); empty: no
+    # server. Bound to anything but loopback, SELFHEAL_HTTP_TOKEN is required.
     http_addr: str = ""
+    # Unlocks the dashboard's buttons (and its reading, off loopback).
+    http_token: SecretStr | None = None
+    # POST /integration-self-heal answers within the recovery, or with the pending record
+    # after this long (the recovery goes on).
+    webhook_wait_seconds: float = Field(default=10.0, gt=0, le=300)
     # A loop (listener, claimer, healer) working this long without progress is stuck:
     # /healthz says so, and systemd's watchdog pings stop (every wait on Postgres ends at
     # SELFHEAL_DB_TIMEOUT_SECONDS, so this is longer).
@@ -126,6 +144,12 @@ class Settings(BaseSettings):
         if "@" in parts.netloc:
             raise ValueError("must not hold a user or password: the key is OPENAI_API_KEY")
         return url
+
+    @field_validator("internal_webhook_token", "http_token")
+    @classmethod
+    def _token(cls, value: SecretStr | None) -> SecretStr | None:
+        token = "" if value is None else value.get_secret_value().strip()
+        return SecretStr(token) if token else None
 
     @field_validator("openai_api_key")
     @classmethod
@@ -172,9 +196,29 @@ class Settings(BaseSettings):
             retry_cap=self.alert_retry_max_seconds,
         )
 
+    @model_validator(mode="after")
+    def _private_server_needs_a_token(self) -> Settings:
+        address = self.http_address()
+        if address is not None and not is_loopback(address[0]) and self.http_token is None:
+            raise ValueError(
+                "SELFHEAL_HTTP_TOKEN: required when SELFHEAL_HTTP_ADDR is not a loopback address"
+            )
+        return self
+
     def http_address(self) -> tuple[str, int] | None:
         """(host, port) of the HTTP server; None when it is off."""
         return parse_address(self.http_addr) if self.http_addr else None
+
+    def dashboard_link(self) -> str | None:
+        """Where alerts link: SELFHEAL_DASHBOARD_URL, else this daemon's page when its
+        server has an address a person can open."""
+        address = self.http_address()
+        if self.dashboard_url is not None or address is None:
+            return self.dashboard_url
+        host, port = address
+        if host in ("0.0.0.0", "::"):  # noqa: S104 - every interface: no one address to link
+            return None
+        return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
 
     def llm_off_reason(self) -> str | None:
         """Why the daemon never asks the LLM (None: it asks)."""
@@ -224,7 +268,18 @@ def load_settings(**overrides: object) -> Settings:
         name = _env_name(error["loc"])
         # Not chained: the validation error holds the input, and a webhook URL is a secret.
         message = error["msg"].removeprefix("Value error, ")  # pydantic's, for our own checks
+        if not error["loc"]:  # a check across settings: its message names the variable
+            raise ConfigError(f"invalid configuration: {message}") from None
         raise ConfigError(f"invalid configuration: {name}: {message}") from None
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def parse_address(value: str) -> tuple[str, int]:

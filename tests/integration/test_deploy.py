@@ -261,7 +261,7 @@ def test_the_image_runs_the_daemon_as_a_user_that_is_not_root() -> None:
     environment = image_environment(runtime)
     assert environment["PYTHONUNBUFFERED"] == "1"
     assert environment["SELFHEAL_LOG_FORMAT"] == "json"
-    assert environment["SELFHEAL_HTTP_ADDR"] == "0.0.0.0:9464"
+    assert environment["SELFHEAL_HTTP_ADDR"] == "127.0.0.1:9464"
     assert "/healthz" in " ".join(healthcheck_command(runtime))
     # Without the embedded extra: a container is pointed at a real Postgres.
     assert not any("embedded" in run or "pgserver" in run for run in arguments(runtime, "RUN"))

@@ -118,3 +118,20 @@ def test_a_service_label_is_kept_for_the_first_two_hundred_names_only() -> None:
     assert "other" in labels
     assert len(labels) <= metrics.MAX_SERVICES + 1
     assert metrics.service_label(names[0]) in (names[0], "other")  # stable once given
+
+
+def test_off_loopback_the_server_needs_a_token_and_alerts_link_to_the_page() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(http_addr="0.0.0.0:9464")
+    assert str(caught.value) == (
+        "invalid configuration: SELFHEAL_HTTP_TOKEN: required when SELFHEAL_HTTP_ADDR is not "
+        "a loopback address"
+    )
+    open_to_all = load_settings(http_addr=":9464", http_token="s3cret")
+    assert open_to_all.dashboard_link() is None  # every interface: no one address to link
+    assert load_settings(http_addr="[::1]:9464").dashboard_link() == "http://[::1]:9464/"
+    local = load_settings(http_addr="localhost:9464")
+    assert local.dashboard_link() == "http://localhost:9464/"
+    chosen = load_settings(http_addr="127.0.0.1:9464", dashboard_url="https://ops.example/heal")
+    assert chosen.dashboard_link() == "https://ops.example/heal"
+    assert load_settings().dashboard_link() is None

@@ -56,6 +56,21 @@ FROM claimed c
 LEFT JOIN integration_events e ON e.id = c.event_id
 """
 
+# A failure reported by POST alone (POST /integration-self-heal): written as an integration
+# would, so the trigger queues it like any other; an id already there is left as it is.
+REPORT_FAILURE: LiteralString = """
+INSERT INTO integration_events (
+    id, service_name, event_type, payload, user_id, status, error_code, error_message,
+    http_status, endpoint, http_method, retry_count
+)
+VALUES (
+    COALESCE(%(event_id)s, gen_random_uuid()), %(service_name)s, 'selfheal.intake',
+    %(payload)s, %(user_id)s, 'error', %(error_code)s, %(error_message)s, %(http_status)s,
+    %(endpoint)s, 'POST', %(retry_count)s
+)
+ON CONFLICT (id) DO NOTHING
+"""
+
 # Named events (`selfheal heal`, `selfheal scan`): no lease, the unique event_id decides.
 CLAIM_EVENTS: LiteralString = """
 SELECT e.id AS event_id, e.service_name, e.http_status, e.error_code, e.error_message,
@@ -208,7 +223,8 @@ LIMIT %(limit)s
 """
 
 RECORD_FOR_EVENT: LiteralString = """
-SELECT id AS recovery_id, failure_category AS category, action_taken, status, next_retry_at
+SELECT id AS recovery_id, failure_category AS category, action_taken, status, next_retry_at,
+       status = 'pending' AND lease_expires_at > now() AS in_recovery
 FROM system_integrity_events WHERE event_id = %(event_id)s
 """
 EVENT_EXISTS: LiteralString = (
@@ -1061,4 +1077,93 @@ SELECT (SELECT count(*) FROM system_integrity_events WHERE status = 'pending') A
        COALESCE((SELECT EXTRACT(EPOCH FROM now() - enqueued_at) FROM selfheal_inbox
                  ORDER BY seq LIMIT 1), 0)::float8 AS oldest_inbox_seconds,
        (SELECT count(*) FROM selfheal_alerts WHERE status = 'queued') AS outbox
+"""
+
+
+# --- the dashboard (web/dashboard.py) --------------------------------------------------------
+
+# The latest records, newest first, each filter optional, one keyset page: the rows
+# before (created_at, id), never an OFFSET. One row more than the page tells whether
+# there is a next one.
+DASHBOARD_RECORDS: LiteralString = """
+SELECT s.id, s.service_name, s.user_id, s.failure_category AS category, s.action_taken,
+       s.status, s.attempts, s.created_at, s.resolved_at,
+       EXTRACT(EPOCH FROM s.resolved_at - s.created_at)::float8 AS seconds_to_recover
+FROM system_integrity_events s
+WHERE (%(service)s::text IS NULL OR s.service_name = %(service)s::text)
+  AND (%(category)s::text IS NULL OR s.failure_category = %(category)s::text)
+  AND (%(status)s::text IS NULL OR s.status = %(status)s::text)
+  AND (%(before_at)s::timestamptz IS NULL
+       OR (s.created_at, s.id) < (%(before_at)s::timestamptz, %(before_id)s::uuid))
+ORDER BY s.created_at DESC, s.id DESC
+LIMIT %(limit)s
+"""
+
+# One record as its page shows it: never the event's payload, message or headers (only
+# the record's sanitized reading of them), and where its service and connection stand.
+DASHBOARD_RECORD: LiteralString = """
+SELECT s.id, s.event_id, s.service_name, s.user_id, s.failure_category AS category,
+       s.failure_reason, s.action_taken, s.analyzer_signals::text AS signals,
+       s.llm_reasoning, s.status, s.attempts, s.deferrals, s.next_retry_at,
+       s.held_by_circuit, s.created_at, s.updated_at, s.resolved_at,
+       s.status = 'pending' AND s.lease_expires_at > now() AS in_recovery,
+       EXTRACT(EPOCH FROM s.resolved_at - s.created_at)::float8 AS seconds_to_recover,
+       COALESCE(m.auto_recovery_enabled, true) AS service_enabled,
+       m.disabled_reason AS service_disabled_reason
+FROM system_integrity_events s
+LEFT JOIN integrations_master m ON m.service_name = s.service_name
+WHERE s.id = %(id)s
+"""
+
+# Pending records a person should look at: parked ones (processing them crashed) or
+# data failures (never retried on their own). Through the pending index.
+DASHBOARD_PENDING_OF_KIND: LiteralString = """
+SELECT s.id, s.service_name, s.failure_category AS category, s.action_taken,
+       s.failure_reason, s.created_at, count(*) OVER () AS total
+FROM system_integrity_events s
+WHERE s.status = 'pending'
+  AND CASE WHEN %(kind)s::text = 'parked' THEN s.action_taken = 'parked'
+           ELSE s.failure_category = %(kind)s::text END
+ORDER BY s.created_at DESC, s.id DESC
+LIMIT %(limit)s
+"""
+
+# Alerts that will never be delivered (what they were about, not what they said).
+DASHBOARD_DEAD_ALERTS: LiteralString = """
+SELECT a.id, a.channel, a.kind, g.service_name, g.category, a.attempts, a.created_at
+FROM selfheal_alerts a
+LEFT JOIN selfheal_alert_groups g ON g.fingerprint = a.alert_group
+WHERE a.status = 'dead'
+ORDER BY a.id DESC
+LIMIT %(limit)s
+"""
+
+# Retry now: a pending record nobody holds is due at once. It stays behind its circuit
+# while the circuit is open (the probe decides; a manual retry must not hammer a service
+# that is down); parked records are left alone (diagnosing them crashed).
+DASHBOARD_RETRY_NOW: LiteralString = """
+UPDATE system_integrity_events s
+SET next_retry_at = now(), updated_at = now(),
+    held_by_circuit = s.held_by_circuit AND (
+        EXISTS (SELECT 1 FROM integrations_master m
+                WHERE m.service_name = s.service_name AND m.circuit_opened_at IS NOT NULL)
+        OR EXISTS (SELECT 1 FROM user_integrations u
+                   JOIN integrations_master m ON m.id = u.integration_id
+                   WHERE m.service_name = s.service_name AND u.user_id = s.user_id
+                     AND u.circuit_opened_at IS NOT NULL))
+WHERE s.id = %(id)s AND s.status = 'pending' AND s.action_taken IS DISTINCT FROM 'parked'
+  AND (s.lease_expires_at IS NULL OR s.lease_expires_at < now())
+RETURNING s.id, s.service_name, s.failure_category AS category, s.held_by_circuit
+"""
+
+# The chart: the last 24 hours' records and recoveries per hour (UTC hours, whatever the
+# session's time zone) and category.
+DASHBOARD_HOURLY: LiteralString = """
+SELECT to_timestamp(floor(EXTRACT(EPOCH FROM created_at) / 3600) * 3600) AS hour,
+       failure_category AS category,
+       count(*) AS failures, count(*) FILTER (WHERE status = 'resolved') AS resolved
+FROM system_integrity_events
+WHERE created_at > now() - interval '24 hours'
+GROUP BY 1, 2
+ORDER BY 1, 2
 """

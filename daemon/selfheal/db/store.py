@@ -52,6 +52,7 @@ class RecordSummary:
     action_taken: str | None
     status: str
     next_retry_at: datetime | None
+    in_recovery: bool = False  # leased: a healer (this daemon's or another's) is at it
 
 
 @dataclass(frozen=True, slots=True)
@@ -468,6 +469,9 @@ class Store:
             queries.RECORD_FOR_EVENT, {"event_id": event_id}, class_row(RecordSummary)
         )
         return rows[0] if rows else None
+
+    async def report_failure(self, values: dict[str, Any]) -> None:
+        await self._execute(queries.REPORT_FAILURE, values)
 
     async def event_exists(self, event_id: uuid.UUID) -> bool:
         rows = await self._fetchall(queries.EVENT_EXISTS, {"event_id": event_id}, tuple_row)

@@ -9,7 +9,6 @@ import http.cookiejar
 import os
 import re
 import shutil
-import socket
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -22,6 +21,7 @@ import pytest
 
 from tests.support.daemon import DaemonProcess
 from tests.support.events import wait_until
+from tests.support.http import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -70,18 +70,12 @@ FROM generate_series(1, 2) AS g;
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class Page:
     """A daemon with the page on a loopback port, and a browser-like client (cookies,
     redirects followed)."""
 
     def __init__(self, db_url: str, daemons: list[DaemonProcess], **env: str) -> None:
-        port = _free_port()
+        port = free_port()
         self.base = f"http://127.0.0.1:{port}"
         self.daemon = DaemonProcess(
             db_url,
@@ -347,6 +341,8 @@ def test_a_person_sees_the_page_in_chromium_and_re_enables_a_service(
     for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1280,1600"):
         options.add_argument(argument)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    # Each lookup waits (up to 20 s) for its element: a click's page load is not awaited.
+    driver.implicitly_wait(20)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     try:
         driver.get(page.base + "/")

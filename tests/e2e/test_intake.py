@@ -5,7 +5,6 @@ POST racing the trigger on one event."""
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import urllib.error
 import urllib.request
@@ -18,7 +17,7 @@ import pytest
 
 from tests.support.daemon import DaemonProcess
 from tests.support.events import insert_failure, wait_until
-from tests.support.http import Request, Response, StubServer
+from tests.support.http import Request, Response, StubServer, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -26,15 +25,9 @@ TOKEN = "intake-Token-0123456789abcdef"
 QUICK = {"SELFHEAL_POLL_INTERVAL_SECONDS": "0.5", "INTERNAL_WEBHOOK_TOKEN": TOKEN}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class Intake:
     def __init__(self, db_url: str, daemons: list[DaemonProcess], **env: str) -> None:
-        port = _free_port()
+        port = free_port()
         self.url = f"http://127.0.0.1:{port}/integration-self-heal"
         self.daemon = DaemonProcess(
             db_url, **{**QUICK, "SELFHEAL_HTTP_ADDR": f"127.0.0.1:{port}", **env}

@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.daemon import DaemonProcess
 from tests.support.events import insert_failure, wait_until
-from tests.support.http import Response, StubServer
+from tests.support.http import Response, StubServer, free_port
 from tests.support.tcpproxy import TcpProxy
 
 pytestmark = pytest.mark.e2e
@@ -71,12 +71,6 @@ def notify_socket(tmp_path: Path) -> Iterator[NotifySocket]:
     sock = NotifySocket(str(tmp_path / "notify.sock"))
     yield sock
     sock.close()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _get(url: str) -> tuple[int, str]:
@@ -152,7 +146,7 @@ def test_a_stuck_loop_stops_the_watchdog_pings_until_it_moves_again(
 def test_an_abstract_socket_and_a_watchdog_for_another_process(
     db_url: str, daemons: list[DaemonProcess]
 ) -> None:
-    abstract = NotifySocket(f"@selfheal-test-{os.getpid()}-{_free_port()}")
+    abstract = NotifySocket(f"@selfheal-test-{os.getpid()}-{free_port()}")
     try:
         # WATCHDOG_PID names another process: the watchdog is not ours to ping.
         daemon = _daemon(
@@ -187,7 +181,7 @@ def _sample(families: dict[str, Any], name: str, **labels: str) -> float:
 def test_metrics_and_health_over_http_and_a_503_when_postgres_goes_away(
     db_url: str, tcp_proxy: TcpProxy, daemons: list[DaemonProcess]
 ) -> None:
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     proxied = tcp_proxy.url(db_url)
     with StubServer() as api:

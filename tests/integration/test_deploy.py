@@ -31,6 +31,7 @@ from typing import IO, Any
 import pytest
 
 from selfheal.settings import Settings, _env_name
+from tests.support.http import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "systemd" / "selfheal.service"
@@ -464,12 +465,6 @@ class NotifySocket:
     def close(self) -> None:
         self._socket.close()
         shutil.rmtree(self._dir, ignore_errors=True)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def poll(check: Callable[[], bool], timeout: float, what: str) -> None:

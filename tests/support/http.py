@@ -639,3 +639,10 @@ class HoldUntilInFlight:
             finally:
                 self.in_flight -= 1
         return self.response
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a server to bind next)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

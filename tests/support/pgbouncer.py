@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -24,6 +23,7 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from tests.support.http import free_port
 from tests.support.postgres import PostgresServer
 
 __all__ = [
@@ -85,12 +85,6 @@ def advisory_locks(admin_conninfo: str, dbname: str) -> int:
         ).fetchone()
     assert row is not None
     return int(row[0])
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _run_as(server: PostgresServer) -> pwd.struct_passwd | None:
@@ -161,7 +155,7 @@ def start_pgbouncer(server: PostgresServer, timeout: float = 30) -> Iterator[PgB
     # Not under tmp_path: /tmp/pytest-of-root is 0700, and PgBouncer may run as another user.
     workdir = Path(tempfile.mkdtemp(prefix="selfheal-pgbouncer-"))
     workdir.chmod(0o755)
-    port = _free_port()
+    port = free_port()
     ini, user, password = _config(server, port, workdir)
     ini_path = workdir / "pgbouncer.ini"
     ini_path.write_text(ini)

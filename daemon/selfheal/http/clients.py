@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import urllib.request
-from typing import Literal
+from types import TracebackType
+from typing import Literal, Self
 from urllib.parse import urlsplit
 
+import anyio
 import httpcore
 import httpx
 
@@ -17,13 +19,35 @@ from selfheal import __version__
 from selfheal.http.aionet import AsyncioBackend
 from selfheal.http.guard import GuardedBackend
 
-__all__ = ["USER_AGENT", "HttpClients", "NetworkBackend"]
+__all__ = ["USER_AGENT", "HttpClients", "NetworkBackend", "OwnedClient"]
 
 USER_AGENT = f"pg-selfheal/{__version__}"
 
 #: "asyncio": our asyncio-native sockets (http/aionet.py, the default); "httpcore":
 #: httpcore's own backend, which goes through anyio.
 NetworkBackend = Literal["asyncio", "httpcore"]
+
+
+class OwnedClient:
+    """Owns one httpx client (`_client`): `async with` closes it at the end, shielded, so
+    a cancelled daemon still closes its connections."""
+
+    _client: httpx.AsyncClient
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        with anyio.CancelScope(shield=True):
+            await self.aclose()
 
 
 class HttpClients:

@@ -5,15 +5,14 @@ key goes only in the Authorization header to the configured server, never anywhe
 from __future__ import annotations
 
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import anyio
 import httpx
 import orjson
 from pydantic import SecretStr
 
-from selfheal.http.clients import USER_AGENT
+from selfheal.http.clients import USER_AGENT, OwnedClient
 
 __all__ = ["Completion", "LlmClient", "LlmFailed"]
 
@@ -41,7 +40,7 @@ class Completion:
     completion_tokens: int | None
 
 
-class LlmClient:
+class LlmClient(OwnedClient):
     """One HTTP client for the LLM server: `timeout` bounds each question as a whole, a
     slow or trickling answer included; redirects are not followed."""
 
@@ -82,21 +81,6 @@ class LlmClient:
         if not 200 <= response.status_code < 300:
             raise LlmFailed(f"HTTP {response.status_code}", response.status_code)
         return _completion(raw)
-
-    async def aclose(self) -> None:
-        await self._client.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        with anyio.CancelScope(shield=True):
-            await self.aclose()
 
 
 async def _read(response: httpx.Response) -> bytes:

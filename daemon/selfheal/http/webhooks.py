@@ -5,8 +5,6 @@ a secret: no error, log line or answer here holds it."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from types import TracebackType
-from typing import Self
 from urllib.parse import urlsplit
 
 import anyio
@@ -14,14 +12,14 @@ import httpx
 
 from selfheal.core.alerts import WebhookAnswer
 from selfheal.core.ratelimit import parse_retry_after
-from selfheal.http.clients import USER_AGENT
+from selfheal.http.clients import USER_AGENT, OwnedClient
 
 __all__ = ["Webhooks"]
 
 _BODY_SAMPLE = 4096  # Slack's answers are a word; an error page is cut here
 
 
-class Webhooks:
+class Webhooks(OwnedClient):
     """One HTTP client for the admin channels (the environment's proxies apply, as for
     token refreshes); every post ends within the timeout, a slow answer included."""
 
@@ -47,21 +45,6 @@ class Webhooks:
         if response.status_code == 429:
             retry_after = parse_retry_after(response.headers.get("retry-after"), datetime.now(UTC))
         return WebhookAnswer(response.status_code, _without(url, sample), retry_after)
-
-    async def aclose(self) -> None:
-        await self._client.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        with anyio.CancelScope(shield=True):
-            await self.aclose()
 
 
 def _without(url: str, body: str) -> str:

@@ -241,7 +241,7 @@ async def cmd_status(settings: Settings, db: app.Database, args: argparse.Namesp
 
 async def cmd_enable(settings: Settings, db: app.Database, args: argparse.Namespace) -> int:
     async with db.store(max_size=1) as store:
-        count = await store.enable(args.service, args.user)
+        count = await store.enable(args.service, args.user, via="cli")
     _print_json(
         {
             "success": count > 0,

@@ -121,6 +121,7 @@ async def run_daemon(settings: Settings, db: Database, listen_conninfo: str | No
                     dashboard = Dashboard(
                         store,
                         settings,
+                        tasks=web,
                         token=token.get_secret_value() if token else None,
                         private=address is not None and not is_loopback(address[0]),
                         on_due=heal_wakeup.set,

@@ -9,11 +9,13 @@ import http.cookiejar
 import os
 import re
 import shutil
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
@@ -132,6 +134,14 @@ def _tile(body: str, label: str) -> str:
     return match.group(1)
 
 
+def _tile_note(body: str, label: str) -> str:
+    match = re.search(
+        rf"data-kpi='{re.escape(label)}'>.*?<div class='note'>([^<]*)</div>", body, re.S
+    )
+    assert match, f"no tile {label!r}"
+    return match.group(1)
+
+
 def _recent_ids(body: str) -> list[str]:
     table = body.split("<table class='recent'>", 1)[1].split("</table>", 1)[0]
     return re.findall(r"href='/records/([0-9a-f-]{36})'", table)
@@ -161,13 +171,134 @@ def test_the_page_shows_the_tiles_and_what_needs_a_human(page: Page) -> None:
     assert _tile(body, "open circuits") == "0"
     assert _tile(body, "alert outbox") == "0"
     assert "<svg class='chart'" in body
+    # The chart's hours are labelled every three hours, up to this one (UTC).
+    hours = re.findall(r"class='hour'>(\d\d):00<", body)
+    now = datetime.now(UTC)
+    assert len(hours) == 8 and hours[-1] in (f"{now:%H}", f"{now - timedelta(hours=1):%H}")
+    assert _tile_note(body, "mean time to recover").startswith("24 h to ")
     human = body.split("<h2>Needs a human</h2>", 1)[1].split("</section>", 1)[0]
     assert "stripe" in human and "5 consecutive unknown failures" in human
     assert "Data failures pending (3)" in human and "amount is required" in human
     # Without logging in there are no buttons, and the page says how to get them.
     assert "Re-enable" not in body and "href='/login'" in body
+    # Nothing is fetched from elsewhere, and no script runs.
+    assert "<script" not in body and not re.search(r"(src|href)=['\"]?(https?:)?//", body)
     code, css = page.get("/static/dashboard.css")
     assert code == 200 and ".tiles" in css
+
+
+# A user connection disabled (its tokens in the row), a parked failure whose event carries a
+# secret, a dead alert and a broken channel.
+MORE_FOR_A_HUMAN = """
+WITH m AS (INSERT INTO integrations_master (service_name) VALUES ('hubspot') RETURNING id)
+INSERT INTO user_integrations (user_id, integration_id, access_token, refresh_token,
+                               auto_recovery_enabled, disabled_reason, disabled_at)
+SELECT %(user)s, m.id, 'access-SECRET-1', 'refresh-SECRET-2', false,
+       '3 consecutive auth failures', now() - interval '1 hour'
+FROM m;
+WITH e AS (
+    INSERT INTO integration_events (service_name, payload, user_id, status, error_message,
+                                    http_status, endpoint)
+    VALUES ('hubspot', '{"card": "PAYLOAD-SECRET-3"}', %(user)s, 'success',
+            'boom', 500, 'https://api.hubapi.com/x?token=URL-SECRET-4')
+    RETURNING id
+)
+INSERT INTO system_integrity_events (event_id, service_name, user_id, failure_category,
+                                     action_taken, status, created_at, failure_reason)
+SELECT e.id, 'hubspot', %(user)s, 'unknown', 'parked', 'pending', now() - interval '2 minutes',
+       'processing crashed: ValueError'
+FROM e;
+INSERT INTO selfheal_alert_groups (fingerprint, service_name, category, error_code)
+VALUES ('v1:hubspot:unknown:boom', 'hubspot', 'unknown', 'boom');
+INSERT INTO selfheal_alerts (channel, alert_group, kind, alert, status, attempts, last_error)
+VALUES ('teams', 'v1:hubspot:unknown:boom', 'failure', '{}', 'dead', 1, 'HTTP 400');
+INSERT INTO selfheal_alert_channels (channel, failures, broken_at, broken_reason)
+VALUES ('teams', 1, now() - interval '3 minutes', 'HTTP 400: invalid_payload')
+"""
+
+
+def test_a_disabled_connection_a_parked_failure_and_a_broken_channel_need_a_human(
+    page: Page, db_url: str
+) -> None:
+    user = uuid.uuid4()
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        for statement in MORE_FOR_A_HUMAN.split(";\n"):
+            conn.execute(statement, {"user": user} if "%(" in statement else None)
+        row = conn.execute("SELECT id FROM system_integrity_events WHERE action_taken = 'parked'")
+        [parked_id] = row.fetchone() or [None]
+    page.login()
+    code, body = page.get("/")
+    assert code == 200
+    human = body.split("<h2>Needs a human</h2>", 1)[1].split("</section>", 1)[0]
+    disabled = human.split("<h3>Disabled integrations</h3>", 1)[1].split("</table>", 1)[0]
+    assert "hubspot" in disabled and str(user) in disabled
+    assert "3 consecutive auth failures" in disabled
+    assert f"name='user_id' value='{user}'" in disabled  # its own Re-enable button
+    assert "Parked failures (1)" in human and f"/records/{parked_id}" in human
+    assert "Dead alerts (teams: 1)" in human
+    broken = human.split("<h3>Broken alert channels</h3>", 1)[1]
+    assert "teams" in broken and "invalid_payload" in broken
+    # The parked record's page: its reading, never the event's payload, endpoint or the
+    # connection's tokens.
+    code, detail = page.get(f"/records/{parked_id}")
+    assert code == 200 and "processing crashed: ValueError" in detail
+    for page_text in (body, detail):
+        assert "SECRET" not in page_text
+    # Re-enabling the connection re-enables that connection only.
+    code, after = page.post(
+        "/enable", {"service": "hubspot", "user_id": str(user), "csrf": _csrf(body)}
+    )
+    assert code == 200 and "Recovery re-enabled" in after
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        assert conn.execute(
+            "SELECT auto_recovery_enabled FROM user_integrations WHERE user_id = %s", (user,)
+        ).fetchone() == (True,)
+        assert conn.execute("SELECT user_id, result FROM selfheal_operator_actions").fetchall() == [
+            (user, "enabled")
+        ]
+
+
+def test_off_loopback_reading_the_page_needs_the_login_too(
+    db_url: str, daemons: list[DaemonProcess]
+) -> None:
+    port = free_port()
+    daemon = DaemonProcess(db_url, SELFHEAL_HTTP_ADDR=f"0.0.0.0:{port}", SELFHEAL_HTTP_TOKEN=TOKEN)
+    daemons.append(daemon)
+    daemon.started()
+    opener = urllib.request.build_opener(_NoRedirect)
+    for path in ("/", "/records/" + str(uuid.uuid4())):
+        try:
+            opener.open(f"http://127.0.0.1:{port}{path}", timeout=30)
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 303 and exc.headers["Location"].startswith("/login?next=")
+        else:
+            raise AssertionError(f"{path} was shown without a login")
+    assert daemon.terminate() == 0
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: object, **kwargs: object) -> None:
+        return None
+
+
+def test_the_day_figures_follow_new_records_while_the_page_is_watched(
+    page: Page, db_url: str
+) -> None:
+    """The last day's figures are read beside the page, not for each view: a view after
+    new records shows the figures it has, then the next views the new ones."""
+    assert _tile(page.get("/")[1], "recovery rate, 24 h") == "91.0%"  # 61 of 67
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO system_integrity_events (event_id, service_name, failure_category,"
+            " action_taken, status, created_at) SELECT gen_random_uuid(), 'billing', 'data',"
+            " 'alert_admin', 'pending', now() FROM generate_series(1, 33)"
+        )
+    # Active failures are read by every view; the rate follows within a refresh or two.
+    assert _tile(page.get("/")[1], "active failures") == "37"
+    deadline = time.monotonic() + 60
+    while (rate := _tile(page.get("/")[1], "recovery rate, 24 h")) != "61.0%":  # 61 of 100
+        assert rate == "91.0%" and time.monotonic() < deadline, rate
+        time.sleep(0.2)  # the pace of the polling, not a guess at when it is done
 
 
 def test_filters_narrow_the_recent_activity(page: Page) -> None:
@@ -279,6 +410,13 @@ def test_re_enable_needs_the_login_and_the_form_and_enables_the_service(
             "SELECT count(*) FROM system_integrity_events "
             "WHERE service_name = 'stripe' AND status = 'disabled'"
         ).fetchone() == (0,)
+        # The action is on record, and the page shows it.
+        assert conn.execute(
+            "SELECT action, via, client, service_name, user_id, result "
+            "FROM selfheal_operator_actions"
+        ).fetchall() == [("enable", "dashboard", "127.0.0.1", "stripe", None, "enabled")]
+    actions = after.split("<h2>Operator actions</h2>", 1)[1].split("</section>", 1)[0]
+    assert "enable" in actions and "stripe" in actions and "enabled" in actions
     [enabled] = page.daemon.events("dashboard.enabled")
     assert enabled["service_name"] == "stripe" and enabled["found"] is True
     assert TOKEN not in "".join(page.daemon.raw)
@@ -305,6 +443,9 @@ def test_retry_now_makes_a_pending_record_due(page: Page, db_url: str) -> None:
             (record_id,),
             False,
         )
+        assert conn.execute(
+            "SELECT action, via, service_name, record_id, result FROM selfheal_operator_actions"
+        ).fetchall() == [("retry", "dashboard", "github", record_id, "due")]
     [retry] = page.daemon.events("dashboard.retry")
     assert retry["recovery_id"] == str(record_id) and retry["retried"] is True
 

@@ -153,7 +153,14 @@ def test_inject_status_and_enable(
             "SELECT auto_recovery_enabled, recovery_fail_count FROM integrations_master"
         ).fetchone()
         assert row == (True, 0)
-    assert run(capsys, "enable", "nope")[0] == 1
+        assert run(capsys, "enable", "nope")[0] == 1
+        # Both are on record, with what came of them.
+        assert conn.execute(
+            "SELECT action, via, service_name, result FROM selfheal_operator_actions ORDER BY id"
+        ).fetchall() == [
+            ("enable", "cli", "slack", "enabled"),
+            ("enable", "cli", "nope", "not_found"),
+        ]
 
 
 def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:

@@ -311,7 +311,7 @@ async def test_a_disabled_service_gets_no_request_until_enabled(harness: Harness
     assert harness.record(first)["status"] == "disabled"
     assert harness.api.requests() == []
 
-    assert await harness.store.enable("slack", None) == 1
+    assert await harness.store.enable("slack", None, via="cli") == 1
     second = harness.failure(http_status=503)
     await harness.heal()
     assert harness.record(second)["status"] == "resolved"

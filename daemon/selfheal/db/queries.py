@@ -232,16 +232,17 @@ EVENT_EXISTS: LiteralString = (
 )
 
 # `selfheal status`: the KPIs (views of sql/migrations/0010_kpis.sql, each through an index).
+# What stands now (small, through partial indexes)...
 STATUS_COUNTS: LiteralString = """
-SELECT d.*,
-       (SELECT count(*) FROM selfheal_inbox) AS inbox,
+SELECT (SELECT count(*) FROM selfheal_inbox) AS inbox,
        (SELECT enqueued_at FROM selfheal_inbox ORDER BY seq LIMIT 1) AS oldest_inbox,
        (SELECT count(*) FROM system_integrity_events
         WHERE status = 'pending' AND next_retry_at <= now()) AS due,
        (SELECT count(*) FROM system_integrity_events
         WHERE created_at >= now() - interval '1 hour') AS last_hour
-FROM selfheal_kpi_last_day d
 """
+# ... and the last 24 hours, which read every record of the day.
+LAST_DAY: LiteralString = "SELECT * FROM selfheal_kpi_last_day"
 STATUS_BY_CATEGORY: LiteralString = "SELECT category, status, failures FROM selfheal_kpi_categories"
 STATUS_PENDING: LiteralString = "SELECT category, pending, oldest FROM selfheal_kpi_pending"
 DISABLED_TARGETS: LiteralString = "SELECT * FROM selfheal_kpi_disabled ORDER BY 1, 2"
@@ -286,6 +287,10 @@ WITH enabled AS (
     FROM enabled
     WHERE s.service_name = %(service_name)s
       AND (s.status = 'disabled' OR (s.status = 'pending' AND s.held_by_circuit))
+), recorded AS (
+    INSERT INTO selfheal_operator_actions (action, via, client, service_name, result)
+    SELECT 'enable', %(via)s, %(client)s, %(service_name)s,
+           CASE WHEN EXISTS (SELECT 1 FROM enabled) THEN 'enabled' ELSE 'not_found' END
 )
 SELECT id FROM enabled
 """
@@ -308,6 +313,10 @@ WITH enabled AS (
     WHERE s.service_name = %(service_name)s AND s.user_id = %(user_id)s
       AND s.failure_category = 'auth'
       AND (s.status = 'disabled' OR (s.status = 'pending' AND s.held_by_circuit))
+), recorded AS (
+    INSERT INTO selfheal_operator_actions (action, via, client, service_name, user_id, result)
+    SELECT 'enable', %(via)s, %(client)s, %(service_name)s, %(user_id)s,
+           CASE WHEN EXISTS (SELECT 1 FROM enabled) THEN 'enabled' ELSE 'not_found' END
 )
 SELECT id FROM enabled
 """
@@ -1142,6 +1151,7 @@ LIMIT %(limit)s
 # while the circuit is open (the probe decides; a manual retry must not hammer a service
 # that is down); parked records are left alone (diagnosing them crashed).
 DASHBOARD_RETRY_NOW: LiteralString = """
+WITH retried AS (
 UPDATE system_integrity_events s
 SET next_retry_at = now(), updated_at = now(),
     held_by_circuit = s.held_by_circuit AND (
@@ -1154,6 +1164,23 @@ SET next_retry_at = now(), updated_at = now(),
 WHERE s.id = %(id)s AND s.status = 'pending' AND s.action_taken IS DISTINCT FROM 'parked'
   AND (s.lease_expires_at IS NULL OR s.lease_expires_at < now())
 RETURNING s.id, s.service_name, s.failure_category AS category, s.held_by_circuit
+), recorded AS (
+    INSERT INTO selfheal_operator_actions (action, via, client, service_name, user_id,
+                                           record_id, result)
+    SELECT 'retry', 'dashboard', %(client)s, s.service_name, s.user_id, %(id)s,
+           CASE WHEN r.id IS NULL THEN 'not_retried' WHEN r.held_by_circuit THEN 'held'
+                ELSE 'due' END
+    FROM (SELECT) AS one
+    LEFT JOIN retried r ON true
+    LEFT JOIN system_integrity_events s ON s.id = %(id)s
+)
+SELECT * FROM retried
+"""
+
+# The operators' latest actions (selfheal_operator_actions), newest first.
+DASHBOARD_ACTIONS: LiteralString = """
+SELECT at, action, via, service_name, user_id, record_id, result
+FROM selfheal_operator_actions ORDER BY id DESC LIMIT %(limit)s
 """
 
 # The chart: the last 24 hours' records and recoveries per hour (UTC hours, whatever the

@@ -477,46 +477,56 @@ class Store:
         rows = await self._fetchall(queries.EVENT_EXISTS, {"event_id": event_id}, tuple_row)
         return bool(rows and rows[0][0])
 
-    async def status(self) -> dict[str, Any]:
+    async def status(self, last_day: dict[str, Any] | None = None) -> dict[str, Any]:
         """The KPIs: active failures, disabled integrations, the last day's recovery rate,
-        time to recover, category distribution and top failing services, open circuits."""
+        time to recover, category distribution and top failing services, open circuits.
+        `last_day`: the last 24 hours' figures when already read (`last_day()`)."""
         [counts] = await self._fetchall(queries.STATUS_COUNTS, {}, dict_row)
-        by_category: dict[str, dict[str, int]] = {}
-        for category, status, count in await self._fetchall(
-            queries.STATUS_BY_CATEGORY, {}, tuple_row
-        ):
-            by_category.setdefault(category, {})[status] = count
         pending = await self._fetchall(queries.STATUS_PENDING, {}, dict_row)
         disabled = await self._fetchall(queries.DISABLED_TARGETS, {}, dict_row)
         return {
             "pending": sum(int(p["pending"]) for p in pending),
             "oldest_pending": min((p["oldest"] for p in pending), default=None),
             **counts,
+            **(last_day if last_day is not None else await self.last_day()),
             "disabled": len(disabled),
-            "by_category": by_category,
             "pending_by_category": {p["category"]: p["pending"] for p in pending},
+            "disabled_integrations": disabled,
+            "circuits": await self._fetchall(queries.OPEN_CIRCUITS, {}, dict_row),
+        }
+
+    async def last_day(self) -> dict[str, Any]:
+        """The last 24 hours' figures: each reads every record of the day (a second or more
+        when a day holds a million)."""
+        [figures] = await self._fetchall(queries.LAST_DAY, {}, dict_row)
+        by_category: dict[str, dict[str, int]] = {}
+        for category, status, count in await self._fetchall(
+            queries.STATUS_BY_CATEGORY, {}, tuple_row
+        ):
+            by_category.setdefault(category, {})[status] = count
+        return {
+            **figures,
+            "by_category": by_category,
             "top_failing_services": await self._fetchall(
                 queries.TOP_FAILING_SERVICES, {}, dict_row
             ),
-            "disabled_integrations": disabled,
-            "circuits": await self._fetchall(queries.OPEN_CIRCUITS, {}, dict_row),
         }
 
     async def gauges(self) -> Gauges:
         [gauges] = await self._fetchall(queries.GAUGES, {}, class_row(Gauges))
         return gauges
 
-    async def enable(self, service_name: str, user_id: uuid.UUID | None) -> int:
-        """Re-enable recovery for a service (or one user's connection); resets counters."""
+    async def enable(
+        self, service_name: str, user_id: uuid.UUID | None, *, via: str, client: str | None = None
+    ) -> int:
+        """Re-enable recovery for a service (or one user's connection); resets counters.
+        The action is recorded (selfheal_operator_actions) with `via` and `client`."""
+        values = {"service_name": service_name, "via": via, "client": client}
         if user_id is None:
-            rows = await self._fetchall(
-                queries.ENABLE_SERVICE, {"service_name": service_name}, tuple_row
-            )
+            rows = await self._fetchall(queries.ENABLE_SERVICE, values, tuple_row)
         else:
             rows = await self._fetchall(
-                queries.ENABLE_USER_CONNECTION,
-                {"service_name": service_name, "user_id": user_id},
-                tuple_row,
+                queries.ENABLE_USER_CONNECTION, {**values, "user_id": user_id}, tuple_row
             )
         return len(rows)
 

@@ -19,6 +19,7 @@ from urllib.parse import parse_qsl, urlencode
 
 import anyio
 import orjson
+from anyio.abc import TaskGroup
 from psycopg.rows import dict_row
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
@@ -27,7 +28,7 @@ from starlette.routing import BaseRoute, Route
 from selfheal import app
 from selfheal.db import queries
 from selfheal.db.store import Store
-from selfheal.logs import get_logger
+from selfheal.logs import error_fields, get_logger
 from selfheal.models import Category, Status, utcnow
 from selfheal.settings import Settings
 
@@ -36,7 +37,10 @@ __all__ = ["ActivityReads", "Dashboard"]
 log = get_logger()
 
 PAGE_SIZE = 50
+REFRESH_SECONDS = 10  # the page reloads itself this often, and so may the day's figures
+_UNWATCHED_AFTER = 6  # refreshes missed: then a view waits for new figures
 _NEEDS_A_HUMAN_LIMIT = 20
+_ACTIONS_LIMIT = 10
 _FORM_MAX = 8 * 1024  # the buttons' forms are a few fields
 _SESSION_COOKIE = "selfheal_session"
 _SESSION_SECONDS = 12 * 3600
@@ -100,9 +104,73 @@ class ActivityReads:
     async def hourly(self) -> list[dict[str, Any]]:
         return await self._store._fetchall(queries.DASHBOARD_HOURLY, {}, dict_row)
 
-    async def retry_now(self, record_id: uuid.UUID) -> dict[str, Any] | None:
-        rows = await self._store._fetchall(queries.DASHBOARD_RETRY_NOW, {"id": record_id}, dict_row)
+    async def retry_now(self, record_id: uuid.UUID, client: str | None) -> dict[str, Any] | None:
+        rows = await self._store._fetchall(
+            queries.DASHBOARD_RETRY_NOW, {"id": record_id, "client": client}, dict_row
+        )
         return rows[0] if rows else None
+
+    async def actions(self, limit: int) -> list[dict[str, Any]]:
+        return await self._store._fetchall(queries.DASHBOARD_ACTIONS, {"limit": limit}, dict_row)
+
+
+@dataclass(frozen=True, slots=True)
+class _Day:
+    figures: dict[str, Any]  # Store.last_day()
+    hourly: list[dict[str, Any]]
+    read_at: datetime
+
+
+class _DayFigures:
+    """The last 24 hours' figures (the recovery rate, the times to recover, the chart),
+    kept for `max_age` seconds: they read every record of the day, over a second once a day
+    holds a million, and a page must not wait for that at each refresh. A view that finds
+    them older shows them and starts one read beside it, so a watched page is at most one
+    read behind; only the first view, or one after nobody looked for a minute, waits for a
+    read. What stands now (active failures, what is disabled, the lists) is read by every
+    view."""
+
+    def __init__(self, store: Store, reads: ActivityReads, tasks: TaskGroup, max_age: float):
+        self._store = store
+        self._reads = reads
+        self._tasks = tasks
+        self._max_age = max_age
+        self._day: _Day | None = None
+        self._lock = anyio.Lock()
+        self._reading_beside = False
+
+    async def get(self) -> _Day:
+        day = self._day
+        if day is None or self._age(day) >= self._max_age * _UNWATCHED_AFTER:
+            # Nobody has looked for a while: figures that old would mislead, so wait.
+            async with self._lock:  # one read for every view that waits
+                day = self._day
+                if day is None or self._age(day) >= self._max_age:  # none read meanwhile
+                    day = await self._read()
+            return day
+        if self._age(day) >= self._max_age and not self._reading_beside:
+            self._reading_beside = True
+            self._tasks.start_soon(self._read_beside)
+        return day
+
+    @staticmethod
+    def _age(day: _Day) -> float:
+        return (utcnow() - day.read_at).total_seconds()
+
+    async def _read(self) -> _Day:
+        read_at = utcnow()
+        figures = await self._store.last_day()
+        self._day = _Day(figures, await self._reads.hourly(), read_at)
+        return self._day
+
+    async def _read_beside(self) -> None:
+        try:
+            async with self._lock:
+                await self._read()
+        except Exception as exc:  # the page goes on with what it has
+            log.warning("dashboard.read_failed", **error_fields(exc))
+        finally:
+            self._reading_beside = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +196,7 @@ class Dashboard:
         store: Store,
         settings: Settings,
         *,
+        tasks: TaskGroup,
         token: str | None,
         private: bool = False,
         on_due: Callable[[], None] | None = None,
@@ -137,6 +206,7 @@ class Dashboard:
         self._store = store
         self._settings = settings
         self._reads = ActivityReads(store)
+        self._day = _DayFigures(store, self._reads, tasks, REFRESH_SECONDS)
         self._token = token.encode() if token else None
         self._private = private
         self._on_due = on_due or (lambda: None)
@@ -177,19 +247,21 @@ class Dashboard:
         if self._private and session is None:
             return _see_other("/login?" + urlencode({"next": _local_path(request)}))
         filters, before = _activity_query(request)
-        status = await app.status_report(self._store, self._settings)
+        day = await self._day.get()
+        status = await app.status_report(self._store, self._settings, day.figures)
         rows = await self._reads.records(**filters, before=before, limit=PAGE_SIZE + 1)
         parked = await self._reads.pending_of_kind("parked", _NEEDS_A_HUMAN_LIMIT)
         data = await self._reads.pending_of_kind(Category.DATA.value, _NEEDS_A_HUMAN_LIMIT)
         dead = await self._reads.dead_alerts(_NEEDS_A_HUMAN_LIMIT)
-        hourly = await self._reads.hourly()
+        actions = await self._reads.actions(_ACTIONS_LIMIT)
         body = "".join(
             [
                 _notice(request),
-                _tiles(status),
-                _chart(hourly),
+                _tiles(status, day.read_at),
+                _chart(day.hourly, day.read_at),
                 self._needs_a_human(status, parked, data, dead, session),
                 _recent(rows[:PAGE_SIZE], filters, more=len(rows) > PAGE_SIZE),
+                _actions(actions),
             ]
         )
         return self._page("Self-Healing Activity", body, session, refresh=True)
@@ -270,7 +342,9 @@ class Dashboard:
         user_id = _uuid(user_text) if user_text else None
         if not service or len(service) > 200 or (user_text and user_id is None):
             return self._page("Bad request", "<p class='error'>Bad form.</p>", None, 400)
-        enabled = await self._store.enable(service, user_id)
+        enabled = await self._store.enable(
+            service, user_id, via="dashboard", client=_client(request)
+        )
         log.info(
             "dashboard.enabled",
             service_name=service,
@@ -290,7 +364,7 @@ class Dashboard:
         record_id = _uuid(request.path_params["record_id"])
         if record_id is None:
             return self._page("Not found", "<p class='error'>No such record.</p>", None, 404)
-        retried = await self._reads.retry_now(record_id)
+        retried = await self._reads.retry_now(record_id, _client(request))
         log.info(
             "dashboard.retry",
             recovery_id=str(record_id),
@@ -378,7 +452,7 @@ class Dashboard:
             account = "<span class='muted'>buttons off (no SELFHEAL_HTTP_TOKEN)</span>"
         page = _PAGE.format(
             title=_e(title),
-            refresh="<meta http-equiv='refresh' content='10'>" if refresh else "",
+            refresh=f"<meta http-equiv='refresh' content='{REFRESH_SECONDS}'>" if refresh else "",
             account=account,
             body=body,
             now=_e(_when(utcnow())),
@@ -587,9 +661,10 @@ def _notice(request: Request) -> str:
     return "" if text is None else f"<p class='notice'>{_e(text)}</p>"
 
 
-def _tiles(status: Mapping[str, Any]) -> str:
+def _tiles(status: Mapping[str, Any], day_read_at: datetime) -> str:
     rate = status["recovery_rate_24h"]
     oldest = status["oldest_pending"]
+    day = f"24 h to {day_read_at:%H:%M:%S}"
     tiles = [
         ("active failures", f"{status['pending']:,}", "pending", status["pending"] > 0),
         ("disabled integrations", f"{status['disabled']:,}", "", status["disabled"] > 0),
@@ -599,8 +674,8 @@ def _tiles(status: Mapping[str, Any]) -> str:
             f"{status['resolved_24h']:,} of {status['failures_24h']:,}",
             False,
         ),
-        ("mean time to recover", _seconds(status["mttr_seconds"]), "24 h", False),
-        ("p90 time to recover", _seconds(status["ttr_p90_seconds"]), "24 h", False),
+        ("mean time to recover", _seconds(status["mttr_seconds"]), day, False),
+        ("p90 time to recover", _seconds(status["ttr_p90_seconds"]), day, False),
         (
             "oldest unhealed failure",
             "-" if oldest is None else _age(oldest),
@@ -633,11 +708,11 @@ _CATEGORY_COLOURS = {
 }
 
 
-def _chart(hourly: Iterable[Mapping[str, Any]]) -> str:
-    """Failures per hour over the last 24 h as stacked bars by category, recoveries as a
-    line: inline SVG."""
-    now = utcnow().replace(minute=0, second=0, microsecond=0)
-    hours = [now.timestamp() - 3600 * (23 - i) for i in range(24)]
+def _chart(hourly: Iterable[Mapping[str, Any]], read_at: datetime) -> str:
+    """Failures per hour over the 24 h to `read_at` as stacked bars by category,
+    recoveries as a line, hours along the bottom and the scale on the left: inline SVG."""
+    last = read_at.replace(minute=0, second=0, microsecond=0)
+    hours = [last.timestamp() - 3600 * (23 - i) for i in range(24)]
     index = {h: i for i, h in enumerate(hours)}
     failures: dict[int, dict[str, int]] = {}
     resolved = [0] * 24
@@ -647,33 +722,45 @@ def _chart(hourly: Iterable[Mapping[str, Any]]) -> str:
             continue
         failures.setdefault(i, {})[row["category"]] = int(row["failures"])
         resolved[i] += int(row["resolved"])
-    top = float(max([sum(f.values()) for f in failures.values()] + [max(resolved), 1]))
-    width, height, bar = 720, 160, 30
-    parts = []
-    for i in range(24):
-        y = float(height)
+    top = max([sum(f.values()) for f in failures.values()] + [max(resolved), 1])
+    left, bar, plot, axis = 48, 28, 150, 20  # the scale's margin, a bar's slot, the heights
+    width, height = left + 24 * bar, plot + axis
+
+    def y(count: float) -> float:
+        return plot - count / top * (plot - 10)
+
+    parts = [
+        f"<line x1='{left}' y1='{plot}' x2='{width}' y2='{plot}' class='axis'/>",
+        f"<text x='{left - 6}' y='{y(top) + 4:.1f}' class='scale'>{top:,}</text>",
+        f"<text x='{left - 6}' y='{plot}' class='scale'>0</text>",
+    ]
+    for i, hour in enumerate(hours):
+        x = left + i * bar
+        if i % 3 == 2:  # every third hour, ending with this one
+            label = datetime.fromtimestamp(hour, UTC).strftime("%H:00")
+            parts.append(
+                f"<text x='{x + bar / 2:.0f}' y='{height - 4}' class='hour'>{label}</text>"
+            )
+        top_of_bar = float(plot)
         for category in _CATEGORIES:
             count = failures.get(i, {}).get(category, 0)
             if not count:
                 continue
-            h = count / top * (height - 10)
-            y -= h
+            h = count / top * (plot - 10)
+            top_of_bar -= h
             colour = _CATEGORY_COLOURS[category]
             parts.append(
-                f"<rect x='{i * bar + 2}' y='{y:.1f}' width='{bar - 4}' height='{h:.1f}' "
+                f"<rect x='{x + 2}' y='{top_of_bar:.1f}' width='{bar - 4}' height='{h:.1f}' "
                 f"fill='{colour}'><title>{_e(category)}: {count:,}</title></rect>"
             )
-    points = " ".join(
-        f"{i * bar + bar / 2:.0f},{height - n / top * (height - 10):.1f}"
-        for i, n in enumerate(resolved)
-    )
+    points = " ".join(f"{left + i * bar + bar / 2:.0f},{y(n):.1f}" for i, n in enumerate(resolved))
     parts.append(f"<polyline points='{points}' fill='none' stroke='#2e7d32' stroke-width='2'/>")
     legend = "".join(
         f"<span><i class='c-{_e(category)}'></i>{_e(category)}</span>"
         for category in _CATEGORY_COLOURS
     )
     return (
-        "<section><h2>Failures and recoveries per hour, last 24 h</h2>"
+        "<section><h2>Failures and recoveries per hour, last 24 h (UTC)</h2>"
         f"<svg class='chart' viewBox='0 0 {width} {height}' role='img' "
         "aria-label='failures per hour by category, and recoveries'>"
         f"{''.join(parts)}</svg>"
@@ -723,6 +810,26 @@ def _recent(rows: list[dict[str, Any]], filters: Mapping[str, str | None], *, mo
         older = _e("/?" + urlencode(query))
         pager = f"<p class='pager'><a rel='next' href='{older}'>Older &rarr;</a></p>"
     return f"<section><h2>Recent activity</h2>{form}{table}{pager}</section>"
+
+
+def _actions(actions: list[dict[str, Any]]) -> str:
+    """The operators' latest actions: what, by which door, on what, and what came of it."""
+    if not actions:
+        return ""
+    rows = [
+        (
+            _e(_when(a["at"])),
+            _e(a["action"]),
+            _e(a["via"]),
+            _e(a["service_name"] or "-")
+            + ("" if a["user_id"] is None else f" <span class='muted'>{_e(a['user_id'])}</span>"),
+            "-" if a["record_id"] is None else _record_link(a["record_id"], "record"),
+            _e(a["result"]),
+        )
+        for a in actions
+    ]
+    table = _table(("when", "action", "via", "service", "record", "result"), rows)
+    return f"<section><h2>Operator actions</h2>{table}</section>"
 
 
 def _table(headers: Iterable[str], rows: Sequence[Sequence[str]], css: str = "") -> str:

@@ -178,14 +178,11 @@ async def scan(
     }
 
 
-async def status_report(
-    store: Store, settings: Settings, last_day: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """`selfheal status --json`: the KPIs, the alerts' state and the LLM's usage.
-    `last_day`: the last 24 hours' figures when already read (`Store.last_day()`)."""
+async def status_report(store: Store, settings: Settings) -> dict[str, Any]:
+    """`selfheal status --json`: the KPIs, the alerts' state and the LLM's usage."""
     off = settings.llm_off_reason()
     return {
-        **await store.status(last_day),
+        **await store.status(),
         "alert_groups": await Outbox(store).status(),
         "llm": {
             "enabled": off is None,

@@ -293,8 +293,10 @@ def test_the_day_figures_follow_new_records_while_the_page_is_watched(
             " action_taken, status, created_at) SELECT gen_random_uuid(), 'billing', 'data',"
             " 'alert_admin', 'pending', now() FROM generate_series(1, 33)"
         )
-    # Active failures are read by every view; the rate follows within a refresh or two.
-    assert _tile(page.get("/")[1], "active failures") == "37"
+    # Active failures are read by every view; the rate is the last read's until the next.
+    body = page.get("/")[1]
+    assert _tile(body, "active failures") == "37"
+    assert _tile(body, "recovery rate, 24 h") == "91.0%"
     deadline = time.monotonic() + 60
     while (rate := _tile(page.get("/")[1], "recovery rate, 24 h")) != "61.0%":  # 61 of 100
         assert rate == "91.0%" and time.monotonic() < deadline, rate
@@ -443,10 +445,21 @@ def test_retry_now_makes_a_pending_record_due(page: Page, db_url: str) -> None:
             (record_id,),
             False,
         )
+        # A settled record is not retried, and a record that is not there is not found.
+        missing = uuid.uuid4()
+        bearer = {"Authorization": f"Bearer {TOKEN}"}
+        code, body = page.post(f"/records/{record_id}/retry", {}, headers=bearer)
+        assert code == 200 and "Not retried" in body
+        assert page.post(f"/records/{missing}/retry", {}, headers=bearer)[0] == 404
         assert conn.execute(
             "SELECT action, via, service_name, record_id, result FROM selfheal_operator_actions"
-        ).fetchall() == [("retry", "dashboard", "github", record_id, "due")]
-    [retry] = page.daemon.events("dashboard.retry")
+            " ORDER BY id"
+        ).fetchall() == [
+            ("retry", "dashboard", "github", record_id, "due"),
+            ("retry", "dashboard", "github", record_id, "not_retried"),
+            ("retry", "dashboard", None, missing, "not_found"),
+        ]
+    retry = page.daemon.events("dashboard.retry")[0]
     assert retry["recovery_id"] == str(record_id) and retry["retried"] is True
 
 

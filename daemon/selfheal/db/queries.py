@@ -232,7 +232,7 @@ EVENT_EXISTS: LiteralString = (
 )
 
 # `selfheal status`: the KPIs (views of sql/migrations/0010_kpis.sql, each through an index).
-# What stands now (small, through partial indexes)...
+# What stands now (the inbox, due records, the last hour)...
 STATUS_COUNTS: LiteralString = """
 SELECT (SELECT count(*) FROM selfheal_inbox) AS inbox,
        (SELECT enqueued_at FROM selfheal_inbox ORDER BY seq LIMIT 1) AS oldest_inbox,
@@ -1167,12 +1167,12 @@ RETURNING s.id, s.service_name, s.failure_category AS category, s.held_by_circui
 ), recorded AS (
     INSERT INTO selfheal_operator_actions (action, via, client, service_name, user_id,
                                            record_id, result)
-    SELECT 'retry', 'dashboard', %(client)s, s.service_name, s.user_id, %(id)s,
-           CASE WHEN r.id IS NULL THEN 'not_retried' WHEN r.held_by_circuit THEN 'held'
-                ELSE 'due' END
-    FROM (SELECT) AS one
-    LEFT JOIN retried r ON true
-    LEFT JOIN system_integrity_events s ON s.id = %(id)s
+    SELECT 'retry', 'dashboard', %(client)s, s.service_name, s.user_id, asked.id,
+           CASE WHEN s.id IS NULL THEN 'not_found' WHEN r.id IS NULL THEN 'not_retried'
+                WHEN r.held_by_circuit THEN 'held' ELSE 'due' END
+    FROM (SELECT %(id)s::uuid AS id) AS asked
+    LEFT JOIN retried r ON r.id = asked.id
+    LEFT JOIN system_integrity_events s ON s.id = asked.id
 )
 SELECT * FROM retried
 """
@@ -1183,14 +1183,15 @@ SELECT at, action, via, service_name, user_id, record_id, result
 FROM selfheal_operator_actions ORDER BY id DESC LIMIT %(limit)s
 """
 
-# The chart: the last 24 hours' records and recoveries per hour (UTC hours, whatever the
-# session's time zone) and category.
+# The chart: the 24 hours to %(until)s, records and recoveries per hour (UTC hours, whatever
+# the session's time zone) and category.
 DASHBOARD_HOURLY: LiteralString = """
 SELECT to_timestamp(floor(EXTRACT(EPOCH FROM created_at) / 3600) * 3600) AS hour,
        failure_category AS category,
        count(*) AS failures, count(*) FILTER (WHERE status = 'resolved') AS resolved
 FROM system_integrity_events
-WHERE created_at > now() - interval '24 hours'
+WHERE created_at > %(until)s::timestamptz - interval '24 hours'
+  AND created_at <= %(until)s::timestamptz
 GROUP BY 1, 2
 ORDER BY 1, 2
 """

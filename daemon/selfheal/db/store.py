@@ -477,10 +477,29 @@ class Store:
         rows = await self._fetchall(queries.EVENT_EXISTS, {"event_id": event_id}, tuple_row)
         return bool(rows and rows[0][0])
 
-    async def status(self, last_day: dict[str, Any] | None = None) -> dict[str, Any]:
+    async def status(self) -> dict[str, Any]:
         """The KPIs: active failures, disabled integrations, the last day's recovery rate,
-        time to recover, category distribution and top failing services, open circuits.
-        `last_day`: the last 24 hours' figures when already read (`last_day()`)."""
+        time to recover, category distribution and top failing services, open circuits."""
+        standing = await self.standing()
+        by_category: dict[str, dict[str, int]] = {}
+        for category, status, count in await self._fetchall(
+            queries.STATUS_BY_CATEGORY, {}, tuple_row
+        ):
+            by_category.setdefault(category, {})[status] = count
+        return {
+            "pending": standing.pop("pending"),
+            "oldest_pending": standing.pop("oldest_pending"),
+            **await self.last_day(),
+            **standing,
+            "by_category": by_category,
+            "top_failing_services": await self._fetchall(
+                queries.TOP_FAILING_SERVICES, {}, dict_row
+            ),
+        }
+
+    async def standing(self) -> dict[str, Any]:
+        """What stands now: active failures, the inbox, what is disabled, open circuits
+        (cheap: each is small or behind its own index)."""
         [counts] = await self._fetchall(queries.STATUS_COUNTS, {}, dict_row)
         pending = await self._fetchall(queries.STATUS_PENDING, {}, dict_row)
         disabled = await self._fetchall(queries.DISABLED_TARGETS, {}, dict_row)
@@ -488,7 +507,6 @@ class Store:
             "pending": sum(int(p["pending"]) for p in pending),
             "oldest_pending": min((p["oldest"] for p in pending), default=None),
             **counts,
-            **(last_day if last_day is not None else await self.last_day()),
             "disabled": len(disabled),
             "pending_by_category": {p["category"]: p["pending"] for p in pending},
             "disabled_integrations": disabled,
@@ -496,21 +514,10 @@ class Store:
         }
 
     async def last_day(self) -> dict[str, Any]:
-        """The last 24 hours' figures: each reads every record of the day (a second or more
-        when a day holds a million)."""
+        """The last 24 hours' failures, recovery rate and times to recover: a read of every
+        record of the day (a second or more when a day holds a million)."""
         [figures] = await self._fetchall(queries.LAST_DAY, {}, dict_row)
-        by_category: dict[str, dict[str, int]] = {}
-        for category, status, count in await self._fetchall(
-            queries.STATUS_BY_CATEGORY, {}, tuple_row
-        ):
-            by_category.setdefault(category, {})[status] = count
-        return {
-            **figures,
-            "by_category": by_category,
-            "top_failing_services": await self._fetchall(
-                queries.TOP_FAILING_SERVICES, {}, dict_row
-            ),
-        }
+        return figures
 
     async def gauges(self) -> Gauges:
         [gauges] = await self._fetchall(queries.GAUGES, {}, class_row(Gauges))

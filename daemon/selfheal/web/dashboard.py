@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import html
+import math
 import secrets
 import time
 import uuid
@@ -25,8 +26,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from selfheal import app
 from selfheal.db import queries
+from selfheal.db.outbox import Outbox
 from selfheal.db.store import Store
 from selfheal.logs import error_fields, get_logger
 from selfheal.models import Category, Status, utcnow
@@ -101,8 +102,8 @@ class ActivityReads:
             queries.DASHBOARD_DEAD_ALERTS, {"limit": limit}, dict_row
         )
 
-    async def hourly(self) -> list[dict[str, Any]]:
-        return await self._store._fetchall(queries.DASHBOARD_HOURLY, {}, dict_row)
+    async def hourly(self, until: datetime) -> list[dict[str, Any]]:
+        return await self._store._fetchall(queries.DASHBOARD_HOURLY, {"until": until}, dict_row)
 
     async def retry_now(self, record_id: uuid.UUID, client: str | None) -> dict[str, Any] | None:
         rows = await self._store._fetchall(
@@ -121,14 +122,24 @@ class _Day:
     read_at: datetime
 
 
+class _Reading:
+    """One read of the day's figures, which every view that waits for it shares."""
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.day: _Day | None = None
+        self.error: Exception | None = None
+
+
 class _DayFigures:
     """The last 24 hours' figures (the recovery rate, the times to recover, the chart),
     kept for `max_age` seconds: they read every record of the day, over a second once a day
     holds a million, and a page must not wait for that at each refresh. A view that finds
     them older shows them and starts one read beside it, so a watched page is at most one
     read behind; only the first view, or one after nobody looked for a minute, waits for a
-    read. What stands now (active failures, what is disabled, the lists) is read by every
-    view."""
+    read, and the views that wait share it (its figures or its error). After a failed read
+    the next is tried `max_age` later. What stands now (active failures, what is disabled,
+    the lists) is read by every view."""
 
     def __init__(self, store: Store, reads: ActivityReads, tasks: TaskGroup, max_age: float):
         self._store = store
@@ -136,41 +147,50 @@ class _DayFigures:
         self._tasks = tasks
         self._max_age = max_age
         self._day: _Day | None = None
-        self._lock = anyio.Lock()
-        self._reading_beside = False
+        self._day_at = -math.inf  # anyio.current_time() of the read that gave `_day`
+        self._tried_at = -math.inf
+        self._reading: _Reading | None = None
 
     async def get(self) -> _Day:
-        day = self._day
-        if day is None or self._age(day) >= self._max_age * _UNWATCHED_AFTER:
+        now = anyio.current_time()
+        if self._day is None or now - self._day_at >= self._max_age * _UNWATCHED_AFTER:
             # Nobody has looked for a while: figures that old would mislead, so wait.
-            async with self._lock:  # one read for every view that waits
-                day = self._day
-                if day is None or self._age(day) >= self._max_age:  # none read meanwhile
-                    day = await self._read()
-            return day
-        if self._age(day) >= self._max_age and not self._reading_beside:
-            self._reading_beside = True
+            return await self._read()
+        if (
+            now - self._day_at >= self._max_age
+            and now - self._tried_at >= self._max_age
+            and self._reading is None
+        ):
             self._tasks.start_soon(self._read_beside)
-        return day
-
-    @staticmethod
-    def _age(day: _Day) -> float:
-        return (utcnow() - day.read_at).total_seconds()
-
-    async def _read(self) -> _Day:
-        read_at = utcnow()
-        figures = await self._store.last_day()
-        self._day = _Day(figures, await self._reads.hourly(), read_at)
         return self._day
 
     async def _read_beside(self) -> None:
         try:
-            async with self._lock:
-                await self._read()
+            await self._read()
         except Exception as exc:  # the page goes on with what it has
             log.warning("dashboard.read_failed", **error_fields(exc))
+
+    async def _read(self) -> _Day:
+        reading = self._reading
+        if reading is not None:  # join the read in progress
+            await reading.done.wait()
+            if reading.error is not None:
+                raise reading.error
+            return reading.day or await self._read()  # (None: its view went away)
+        reading = self._reading = _Reading()
+        self._tried_at = anyio.current_time()
+        try:
+            read_at = utcnow()
+            figures = await self._store.last_day()
+            day = _Day(figures, await self._reads.hourly(read_at), read_at)
+            self._day, self._day_at, reading.day = day, self._tried_at, day
+            return day
+        except Exception as exc:
+            reading.error = exc
+            raise
         finally:
-            self._reading_beside = False
+            self._reading = None
+            reading.done.set()
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,7 +268,11 @@ class Dashboard:
             return _see_other("/login?" + urlencode({"next": _local_path(request)}))
         filters, before = _activity_query(request)
         day = await self._day.get()
-        status = await app.status_report(self._store, self._settings, day.figures)
+        status = {
+            **await self._store.standing(),
+            **day.figures,
+            "alert_groups": await Outbox(self._store).status(),
+        }
         rows = await self._reads.records(**filters, before=before, limit=PAGE_SIZE + 1)
         parked = await self._reads.pending_of_kind("parked", _NEEDS_A_HUMAN_LIMIT)
         data = await self._reads.pending_of_kind(Category.DATA.value, _NEEDS_A_HUMAN_LIMIT)
@@ -664,7 +688,7 @@ def _notice(request: Request) -> str:
 def _tiles(status: Mapping[str, Any], day_read_at: datetime) -> str:
     rate = status["recovery_rate_24h"]
     oldest = status["oldest_pending"]
-    day = f"24 h to {day_read_at:%H:%M:%S}"
+    day = f"24 h to {day_read_at:%H:%M:%S} UTC"
     tiles = [
         ("active failures", f"{status['pending']:,}", "pending", status["pending"] > 0),
         ("disabled integrations", f"{status['disabled']:,}", "", status["disabled"] > 0),
@@ -760,7 +784,7 @@ def _chart(hourly: Iterable[Mapping[str, Any]], read_at: datetime) -> str:
         for category in _CATEGORY_COLOURS
     )
     return (
-        "<section><h2>Failures and recoveries per hour, last 24 h (UTC)</h2>"
+        f"<section><h2>Failures and recoveries per hour, 24 h to {read_at:%H:%M} UTC</h2>"
         f"<svg class='chart' viewBox='0 0 {width} {height}' role='img' "
         "aria-label='failures per hour by category, and recoveries'>"
         f"{''.join(parts)}</svg>"

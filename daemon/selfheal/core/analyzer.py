@@ -1,13 +1,15 @@
 """Classify one failed third-party API call into a recovery category.
 
 Pure and fast: HTTP status, provider error codes, message keywords and headers are weighed together.
-The codes, keywords, numeric codes and advice are data, in rules/*.toml.
+The codes, keywords, numeric codes and advice are data, in rules/*.toml; so are the shapes that let
+a code no table lists still count (ProvisionedThroughputExceededException is "throughput exceeded").
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import operator
 import re
 from collections.abc import Iterable, Mapping
 from typing import Final, NamedTuple
@@ -16,7 +18,7 @@ import orjson
 
 from selfheal.core import rules
 from selfheal.core.ratelimit import parse_number, ratelimit_exhausted
-from selfheal.core.rules import SITUATIONS, NumericRule, Rule, canonical
+from selfheal.core.rules import SITUATIONS, NumericRule, Rule, Shape, canonical
 from selfheal.models import Analysis, Category, Failure
 
 __all__ = [
@@ -81,10 +83,18 @@ _RULES: Final = rules.load()
 _CODES: Final = _RULES.codes
 _KEYWORDS: Final = _RULES.keywords
 _REASON_PHRASES: Final = _RULES.reason_phrases
+_WAIT_PHRASES: Final = _RULES.wait_phrases
+_QUOTA_WORDS: Final = _RULES.quota_words
+# Statuses that providers answer a throttled call with besides 429 (GitHub and Google 403, S3 and
+# Azure 503): with them, a quota word counts double.
+_THROTTLING_STATUSES: Final = frozenset({403, 503})
 _ADVICE: Final = _RULES.advice
 # Numeric codes: Twilio and Discord overlap, so the provider decides; shared numbers are only
 # trusted when the provider is known.
 _NUMERIC_CODES: Final = _RULES.numeric
+# Below this a number (Meta's 4, 17, 190) is too common across APIs to mean anything without the
+# provider that gave it.
+_MIN_SHARED_CODE: Final = 10_000
 
 
 def _numeric_table(*tables: Mapping[int, NumericRule]) -> dict[int, NumericRule]:
@@ -95,12 +105,26 @@ def _numeric_table(*tables: Mapping[int, NumericRule]) -> dict[int, NumericRule]
             if number in merged and merged[number] != meaning:
                 clashing.add(number)
             merged[number] = meaning
-    return {number: meaning for number, meaning in merged.items() if number not in clashing}
+    return {
+        number: meaning
+        for number, meaning in merged.items()
+        if number not in clashing and number >= _MIN_SHARED_CODE
+    }
 
 
 _ANY_PROVIDER_CODES: Final = _numeric_table(*_NUMERIC_CODES.values())
-# Slack has no numeric codes, but its ok:false body is reported as its own signal.
-_PROVIDERS: Final = (*_NUMERIC_CODES, "slack")
+# Providers with codes under 100 (Meta's 4), whose bodies are searched for numbers that short.
+_SHORT_CODE_PROVIDERS: Final = frozenset(
+    provider for provider, table in _NUMERIC_CODES.items() if any(number < 100 for number in table)
+)
+# A name in the service name -> the provider it means. Slack has no numeric codes, but its ok:false
+# body is reported as its own signal.
+_PROVIDER_OF: Final = {
+    **{name: name for name in _NUMERIC_CODES},
+    **_RULES.provider_aliases,
+    "slack": "slack",
+}
+_PROVIDER_RE: Final = re.compile("|".join(map(re.escape, _PROVIDER_OF)))
 
 # --- provider and library error codes ---------------------------------------------------------
 
@@ -173,37 +197,138 @@ _PROSE_CODES: Final = frozenset(
     rule.label.lower() for rule in _CODES.values() if "_" in rule.label and " " not in rule.label
 )
 _KEYWORD_RE: Final = re.compile(
-    r"(?<![a-z0-9_])" + _trie_pattern([*_KEYWORDS, *_REASON_PHRASES, *_PROSE_CODES])
+    r"(?<![a-z0-9_])"
+    + _trie_pattern([*_KEYWORDS, *_REASON_PHRASES, *_WAIT_PHRASES, *_QUOTA_WORDS, *_PROSE_CODES])
 )
 _WORD_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
 
 
+# --- code shapes ------------------------------------------------------------------------------
+
+_SHAPES: Final = _RULES.shapes
+# The words of a code as written: ProvisionedThroughputExceeded, ITEM_LOGIN_REQUIRED, HTTPServer.
+_CODE_WORD_RE: Final = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
+_SHAPE_WORDS: Final = frozenset(word for shape in _SHAPES for word in shape.words)
+_EXACT_WORDS: Final = frozenset(word for word in _SHAPE_WORDS if not word.endswith("*"))
+_PREFIXES: Final = tuple(sorted(word[:-1] for word in _SHAPE_WORDS if word.endswith("*")))
+_PREFIXES_BY_INITIAL: Final = {
+    initial: tuple(prefix for prefix in _PREFIXES if prefix[0] == initial)
+    for initial in {prefix[0] for prefix in _PREFIXES}
+}
+_SHAPE_SETS: Final = tuple(frozenset(shape.words) for shape in _SHAPES)
+# More words first, then file order.
+_SHAPE_RANK: Final = tuple((-len(shape.words), index) for index, shape in enumerate(_SHAPES))
+_SHAPES_BY_WORD: Final[dict[str, tuple[int, ...]]] = {
+    word: tuple(index for index, shape in enumerate(_SHAPES) if word in shape.words)
+    for word in _SHAPE_WORDS
+}
+# Most codes in a body are ids and names that resemble nothing; one search over the code, for the
+# longest word of every shape, rules them out before they are split.
+_SHAPE_ANCHOR_RE: Final = re.compile(
+    _trie_pattern({max((word.rstrip("*") for word in shape.words), key=len) for shape in _SHAPES})
+)
+
+
+# A failing integration repeats the same error: each code's shape is worked out once. Bounded, so
+# hostile rows cannot grow it; the answer never depends on what it holds.
+_SHAPE_MEMO: Final[dict[str, Shape | None]] = {}
+_SHAPE_MEMO_SIZE: Final = 4096
+
+
+def _shape(code: str) -> Shape | None:
+    """The shape (shapes.toml) a code no table lists resembles: the one with the most words, then
+    the first in the file."""
+    if code in _SHAPE_MEMO:
+        return _SHAPE_MEMO[code]
+    if len(_SHAPE_MEMO) >= _SHAPE_MEMO_SIZE:
+        _SHAPE_MEMO.clear()
+    shape = _SHAPE_MEMO[code] = _resemblance(code)
+    return shape
+
+
+def _resemblance(code: str) -> Shape | None:
+    words = [word.lower() for word in _CODE_WORD_RE.findall(code)]
+    present: set[str] = set()
+    for word in words:
+        if word in _EXACT_WORDS:
+            present.add(word)
+        if word.startswith(_PREFIXES):
+            for prefix in _PREFIXES_BY_INITIAL[word[0]]:
+                if word.startswith(prefix):
+                    present.add(prefix + "*")
+    matching = [
+        index
+        for index in {index for word in present for index in _SHAPES_BY_WORD[word]}
+        if _SHAPE_SETS[index] <= present
+    ]
+    return _SHAPES[min(matching, key=_SHAPE_RANK.__getitem__)] if matching else None
+
+
 # --- patterns inside bodies and texts ---------------------------------------------------------
 
-# Every short string value in a JSON body or Python repr is a candidate code: "error":
-# "invalid_auth", 'error': 'ratelimited', "errorCode":"INVALID_SESSION_ID", "title": "Not Found".
-# Keying on the colon alone keeps the scan fast; unknown values are simply not in the table.
-_STRING_VALUE_RE: Final = re.compile(r""":\s*["']([a-z][a-z0-9_.\- ]{1,47})["']""")
-# "code": 20003, "code":50001, "status": 401: provider codes or echoed HTTP statuses.
-_NUMBER_VALUE_RE: Final = re.compile(r""":\s*["']?(\d{3,7})(?![\d.])""")
-_NUMBER_KEY_RE: Final = re.compile(
-    r"""["']?(code|error_code|errorcode|status|status_code|statuscode|subcode|error_subcode)"""
-    r"""["']?\s*$"""
+# Every short string value in a JSON body or Python repr is a candidate code, and the first string
+# of an array: "error": "invalid_auth", 'error': 'ratelimited', "errorCode":"INVALID_SESSION_ID",
+# "title": "Not Found", "error": ["EService:Unavailable"],
+# "__type": "com.amazonaws.dynamodb.v20120810#ProvisionedThroughputExceededException". Keying on
+# the colon alone keeps the scan fast; unknown values are simply not in the table. Read with their
+# case, which is where a code's words begin; links are not codes.
+_STRING_VALUE_RE: Final = re.compile(
+    r"""[:\[]\s*["'](?!https?:)([A-Za-z][\w.\- ]{1,47}|[A-Za-z][\w.#/:\-]{1,95})["']""", re.ASCII
 )
-_STATUS_KEYS: Final = frozenset({"code", "status", "status_code", "statuscode"})
+# A value is matched against the shapes when it is written as a code (invalidAuthToken,
+# RATE_LIMIT_HIT) or sits under a key that names one; "visibility": "internal" in an echoed
+# resource is not a server error.
+_SHAPED_KEY_RE: Final = re.compile(
+    r"""(?:^|[^a-z0-9_])(?:id|\w*(?:code|error|type|reason|status|name|tag|kind|category))"""
+    r"""["']?\s*:?\s*$""",
+    re.I,
+)
+_KEY_WINDOW: Final = 32
+# "code": 20003, "code":50001, "status": 401: provider codes or echoed HTTP statuses; "code": 4
+# only for a provider whose table has numbers that short (most JSON is full of small numbers).
+_NUMBER_VALUE_RE: Final = re.compile(r""":\s*["']?(\d{3,7})(?![\d.])""")
+_SHORT_NUMBER_VALUE_RE: Final = re.compile(r""":\s*["']?(\d{1,7})(?![\d.])""")
+_NUMBER_KEY_RE: Final = re.compile(
+    r"""(?<![a-z0-9_])["']?(code|error_code|errorcode|status|status_code|statuscode|subcode|"""
+    r"""error_subcode)["']?\s*$"""
+)
+_STATUS_KEYS: Final = frozenset({"status", "status_code", "statuscode"})
+# Google's "code": 429 is an HTTP status, Meta's "code": 4 its own: the provider's table decides.
+_CODE_KEY: Final = "code"
+# <Code>SlowDown</Code> (S3, STS, SQS, Azure Storage).
+_XML_CODE_RE: Final = re.compile(r"<(?:error)?code>([a-z][\w.\-]{1,95})</(?:error)?code>", re.I)
+# A code-like name in parentheses: "An error occurred (ThrottlingException) when calling",
+# "Please wait 4 seconds and try again. (ServiceBusy)".
+_PAREN_CODE_RE: Final = re.compile(r"\(([A-Za-z][A-Za-z0-9_.]{2,63})\)")
+_CAMEL_RE: Final = re.compile(r"[a-z][A-Z]")
+# gRPC status names in text: "status = StatusCode.UNAVAILABLE" (Python), "code = Unavailable" (Go).
+_GRPC_CODE_RE: Final = re.compile(r"(?:statuscode\.|\bcode = )([a-z_]{3,32})")
+# An exception's name before its message: "ThrottlingException: Rate exceeded",
+# "java.net.SocketTimeoutException: Read timed out".
+_HEAD_CODE_RE: Final = re.compile(r"\s*([A-Za-z][\w.$]{2,95}):\s", re.ASCII)
+# Meta puts its code at the start of the message: "(#4) Application request limit reached".
+_HASH_CODE_RE: Final = re.compile(r"\(#(\d{1,7})\)")
+# After a wait phrase: "retry after 35", "retry after: 2", "wait 2 seconds".
+_WAIT_NUMBER_RE: Final = re.compile(r"[: ]{0,2}\d")
+# Meta marks errors that go away by themselves.
+_TRANSIENT_RE: Final = re.compile(r"""["']is_transient["']\s*:\s*true""")
+# Headers some providers name the error in: TooManyRequestsException:http://internal.amazon.com/...
+_CODE_HEADERS: Final = ("x-amzn-errortype", "x-amz-error-code", "x-ms-error-code")
 # application/x-www-form-urlencoded OAuth answers: error=invalid_grant&error_description=...
 _FORM_CODE_RE: Final = re.compile(r"(?:^|[?&\s])error=([a-z][a-z0-9_]{1,47})")
 _OK_FALSE_RE: Final = re.compile(r"""["']ok["']\s*:\s*false""")
 _RETRY_AFTER_BODY_RE: Final = re.compile(r"""["']retry_after["']\s*:\s*["']?\d""")
 # A status inside text: "status code 429" (axios), "429 Client Error" (requests), "HTTP error 429"
-# (Teams webhooks). Digits are rare, so find them first and check the words around them.
+# (Teams webhooks), "Error code: 429" (OpenAI's SDK), "TooManyRequests (429)" (Cosmos DB's SDK).
+# Digits are rare, so find them first and check the words around them.
 _STATUS_DIGITS_RE: Final = re.compile(r"[1-5]\d\d")
 _STATUS_BEFORE_RE: Final = re.compile(
-    r"(?:status(?: code)?|http(?:/\d(?:\.\d)?| error| status)?|response code|returned)\s*:?\s*$"
+    r"(?:status(?:[ _-]?code)?|http(?:/\d(?:\.\d)?| error| status)?|response code|error code"
+    r"|returned|[a-z] \()\s*:?\s*$"
 )
 _STATUS_AFTER_RE: Final = re.compile(r" (?:client|server) error")
-_IDENTIFIER_RE: Final = re.compile(r"[a-z][a-z0-9_.\-]{1,63}")
-_CODE_HEAD_RE: Final = re.compile(r"[a-z0-9_.\-]{2,64}")
+_IDENTIFIER_RE: Final = re.compile(r"[a-z][a-z0-9_.\-]{1,63}", re.I)
+_CODE_HEAD_RE: Final = re.compile(r"[a-z0-9_.\-]{2,64}", re.I)
 _USED_OF_LIMIT_RE: Final = re.compile(r"(\d+)\s*/\s*(\d+)")
 
 
@@ -221,7 +346,8 @@ _STATUS_RULES: Final[dict[int, tuple[Category, float, str]]] = {
     407: (_NET, 1.0, ""),
     408: (_NET, 2.0, _TIMEOUT),
     409: (_DATA, 2.0, _CONFLICT),
-    410: (_DATA, 2.0, _NOT_FOUND),
+    # Gone for good, whatever the body calls it (APNs: an expired device token).
+    410: (_DATA, 3.5, _NOT_FOUND),
     411: (_DATA, 2.0, _VALIDATION),
     412: (_DATA, 2.0, _CONFLICT),
     413: (_DATA, 2.0, _TOO_LARGE),
@@ -361,15 +487,18 @@ def _header_evidence(
 # --- codes ------------------------------------------------------------------------------------
 
 
-def _code_candidates(text: str) -> list[str]:
-    """The code as given plus its last dotted part and first word: 'httpx.ReadTimeout',
-    'invalid_grant: Token has been expired or revoked.'"""
+def _code_candidates(text: str, *, heads: bool) -> list[str]:
+    """The code as given plus its last dotted part and, with ``heads``, its first word:
+    'httpx.ReadTimeout', 'invalid_grant: Token has been expired or revoked.'. After a '#' only
+    what follows counts: 'com.amazonaws.dynamodb.v20120810#ThrottlingException'."""
+    if "#" in text:
+        text = text.rsplit("#", 1)[1]
     if not text:
         return []
     candidates = [text]
     if "." in text:
         candidates.append(text.rsplit(".", 1)[1])
-    head = _CODE_HEAD_RE.match(text)
+    head = _CODE_HEAD_RE.match(text) if heads else None
     if head and head.group(0) != text:
         candidates.append(head.group(0))
         if "." in head.group(0):
@@ -382,32 +511,90 @@ def _numeric_rule(number: int, provider: str) -> NumericRule | None:
 
 
 def _provider(service: str) -> str:
-    # The service name only: a message that mentions Discord is not a Discord answer.
-    for name in _PROVIDERS:
-        if name in service:
-            return name
-    return ""
+    # The service name only: a message that mentions Discord is not a Discord answer. The name
+    # that comes first in it wins.
+    match = _PROVIDER_RE.search(service)
+    return _PROVIDER_OF[match.group(0)] if match else ""
 
 
 def _code_evidence(
-    value: str, prefix: str, provider: str, seen: set[str], found: list[_Evidence]
-) -> None:
+    value: str,
+    prefix: str,
+    provider: str,
+    seen: set[str],
+    found: list[_Evidence],
+    *,
+    heads: bool = False,
+) -> tuple[str, str] | None:
+    """Evidence from a table for ``value`` or a part of it. When no table knows any part, the
+    code and its canonical key to match against the shapes (None when it is not one word)."""
+    if heads or "." in value or "#" in value:
+        return _parts_evidence(value, prefix, provider, seen, found, heads=heads)
+    # Most values are one plain word.
     key = canonical(value)
     if not key or key in seen:
-        return
+        return None
     seen.add(key)
+    if _known(key, prefix, provider, found) or " " in value:
+        return None
+    return value, key
+
+
+def _parts_evidence(
+    value: str,
+    prefix: str,
+    provider: str,
+    seen: set[str],
+    found: list[_Evidence],
+    *,
+    heads: bool,
+) -> tuple[str, str] | None:
+    unknown: tuple[str, str] | None = None
+    known = False
+    for candidate in _code_candidates(value, heads=heads):
+        key = canonical(candidate)
+        if not key or key in seen:
+            continue
+        seen.add(key)
+        if _known(key, prefix, provider, found):
+            known = True
+        elif unknown is None and " " not in candidate and "://" not in candidate:
+            unknown = (candidate, key)
+    return None if known else unknown
+
+
+def _known(key: str, prefix: str, provider: str, found: list[_Evidence]) -> bool:
+    """Whether a table knows the code (a number is known to say nothing when no table has it)."""
     if key.isdigit():
-        if len(key) > 7:
-            return
-        numeric = _numeric_rule(int(key), provider)
+        numeric = _numeric_rule(int(key), provider) if len(key) <= 7 else None
         if numeric is not None:
             category, situation = numeric
             found.append(_Evidence(category, 3.0, _CODE, f"{prefix}:{key}", situation))
-        return
+        return True
     rule = _CODES.get(key) or _suffix_rule(key)
-    if rule is not None:
+    if rule is None:
+        return False
+    found.append(
+        _Evidence(rule.category, rule.weight, _CODE, f"{prefix}:{rule.label}", rule.situation)
+    )
+    return True
+
+
+def _looks_like_code(value: str) -> bool:
+    return "_" in value or _CAMEL_RE.search(value) is not None
+
+
+def _shape_evidence(unknown: tuple[str, str], prefix: str, found: list[_Evidence]) -> None:
+    code, key = unknown
+    if not _SHAPE_ANCHOR_RE.search(key):
+        return
+    shape = _shape(code)
+    if shape is not None:
+        rule = shape.rule
         found.append(
-            _Evidence(rule.category, rule.weight, _CODE, f"{prefix}:{rule.label}", rule.situation)
+            _Evidence(
+                rule.category, rule.weight, _CODE, f"{prefix}_shape:{rule.label}", rule.situation
+            )
         )
 
 
@@ -415,6 +602,7 @@ def _code_evidence(
 
 # Equal scores go to the category whose recovery does the least harm when wrong.
 _TIE_ORDER: Final = (_RATE, _AUTH, _NET, _DATA)
+_SOURCE_OF: Final = operator.attrgetter("source")
 _MIN_DECISIVE_SCORE: Final = 1.0
 
 
@@ -430,14 +618,11 @@ def _confidence(best: float, runner_up: float, permission_only: bool) -> float:
     return round(min(max(confidence, 0.05), 0.98), 3)
 
 
-def _signal(text: str) -> str:
-    return text[:MAX_SIGNAL_LENGTH]
-
-
 def _scanned_text(message: str) -> str:
+    """The part of a message that is read, with its case (codes are split into words by it)."""
     if len(message) <= MAX_SCANNED_HEAD + MAX_SCANNED_TAIL:
-        return message.lower()
-    return (message[:MAX_SCANNED_HEAD] + "\n" + message[-MAX_SCANNED_TAIL:]).lower()
+        return message
+    return message[:MAX_SCANNED_HEAD] + "\n" + message[-MAX_SCANNED_TAIL:]
 
 
 def _text_status(text: str) -> int | None:
@@ -470,19 +655,41 @@ def ok_false(body: str) -> str | None:
 
 
 def _body_evidence(
-    text: str, provider: str, seen_codes: set[str], found: list[_Evidence], extra: list[str]
+    raw: str,
+    text: str,
+    provider: str,
+    seen_codes: set[str],
+    found: list[_Evidence],
+    extra: list[str],
 ) -> int | None:
-    """Codes inside a JSON, repr or form body; returns an HTTP status the body echoes."""
+    """Codes inside a JSON, XML, repr or form body; returns an HTTP status the body echoes.
+
+    ``raw`` is the body as written, ``text`` the same lower-cased."""
     echoed_status: int | None = None
-    if ":" in text:
-        for match in _STRING_VALUE_RE.finditer(text):
-            _code_evidence(match.group(1), "body_code", provider, seen_codes, found)
-        for match in _NUMBER_VALUE_RE.finditer(text):
+    if ":" in raw:
+        for match in _STRING_VALUE_RE.finditer(raw):
+            unknown = _code_evidence(match.group(1), "body_code", provider, seen_codes, found)
+            if (
+                unknown is not None
+                and _SHAPE_ANCHOR_RE.search(unknown[1])
+                and (
+                    _looks_like_code(unknown[0])
+                    or _SHAPED_KEY_RE.search(
+                        raw, max(0, match.start() - _KEY_WINDOW), match.start()
+                    )
+                )
+            ):
+                _shape_evidence(unknown, "body_code", found)
+        own_codes = _NUMERIC_CODES.get(provider, {})
+        numbers = _SHORT_NUMBER_VALUE_RE if provider in _SHORT_CODE_PROVIDERS else _NUMBER_VALUE_RE
+        for match in numbers.finditer(text):
             key = _NUMBER_KEY_RE.search(text, max(0, match.start() - 24), match.start())
             if key is None:
                 continue
+            name = key.group(1)
             number = int(match.group(1))
-            if 100 <= number <= 599 and key.group(1) in _STATUS_KEYS:
+            echoes_status = name in _STATUS_KEYS or (name == _CODE_KEY and number not in own_codes)
+            if echoes_status and 100 <= number <= 599:
                 echoed_status = echoed_status or number
             else:
                 _code_evidence(match.group(1), "body_code", provider, seen_codes, found)
@@ -490,16 +697,66 @@ def _body_evidence(
             extra.append("provider:slack:ok_false" if provider == "slack" else "body:ok_false")
         if "retry_after" in text and _RETRY_AFTER_BODY_RE.search(text):
             found.append(_Evidence(_RATE, 2.0, _HEADER, "body:retry_after", _RETRY_AFTER))
+        if "is_transient" in text and _TRANSIENT_RE.search(text):
+            found.append(_Evidence(_NET, 1.0, _HEADER, "body:is_transient", _SERVER))
+    if "</" in raw:
+        for match in _XML_CODE_RE.finditer(raw):
+            unknown = _code_evidence(match.group(1), "body_code", provider, seen_codes, found)
+            if unknown is not None:
+                _shape_evidence(unknown, "body_code", found)
     if "error=" in text:
         for match in _FORM_CODE_RE.finditer(text):
             _code_evidence(match.group(1), "body_code", provider, seen_codes, found)
     return echoed_status
 
 
+def _text_code_evidence(
+    raw: str, text: str, provider: str, seen_codes: set[str], found: list[_Evidence]
+) -> None:
+    """Codes named inside prose: an exception's name before its message, in parentheses, as Meta's
+    "(#4)"."""
+    head = _HEAD_CODE_RE.match(raw)
+    if head and _looks_like_code(head.group(1)):
+        unknown = _code_evidence(head.group(1), "message_code", provider, seen_codes, found)
+        if unknown is not None:
+            _shape_evidence(unknown, "message_code", found)
+    if "(" not in raw:
+        return
+    for match in _PAREN_CODE_RE.finditer(raw):
+        code = match.group(1)
+        if _looks_like_code(code):
+            unknown = _code_evidence(code, "message_code", provider, seen_codes, found)
+            if unknown is not None:
+                _shape_evidence(unknown, "message_code", found)
+    if "(#" in text:
+        for match in _HASH_CODE_RE.finditer(text):
+            _code_evidence(match.group(1), "message_code", provider, seen_codes, found)
+
+
+def _grpc_code_evidence(
+    text: str, provider: str, seen_codes: set[str], found: list[_Evidence]
+) -> None:
+    for match in _GRPC_CODE_RE.finditer(text):
+        _code_evidence(match.group(1), "message_code", provider, seen_codes, found)
+
+
+def _header_code_evidence(
+    headers: Mapping[str, str], provider: str, seen_codes: set[str], found: list[_Evidence]
+) -> None:
+    for name in _CODE_HEADERS:
+        value = headers.get(name)
+        if value:
+            code = value[:128].split(":", 1)[0].strip()
+            unknown = _code_evidence(code, "header_code", provider, seen_codes, found)
+            if unknown is not None:
+                _shape_evidence(unknown, "header_code", found)
+
+
 def _keyword_evidence(
     text: str, status: int | None, provider: str, seen_codes: set[str], found: list[_Evidence]
 ) -> None:
     status_is_error = status is not None and status >= 400
+    quota_weight = 2.0 if status in _THROTTLING_STATUSES else 1.0
     seen: set[str] = set()
     for match in _KEYWORD_RE.finditer(text):
         word = match.group(0)
@@ -512,10 +769,19 @@ def _keyword_evidence(
                 _code_evidence(word, "message_code", provider, seen_codes, found)
                 continue
         rule = _KEYWORDS.get(word)
+        if rule is None and word in _QUOTA_WORDS:
+            rule = _QUOTA_WORDS[word]
+            rule = rule._replace(weight=rule.weight * quota_weight)
         if rule is None:
-            rule = _REASON_PHRASES.get(word)
-            if rule is None or status_is_error:
-                continue
+            rule = _WAIT_PHRASES.get(word)
+            if rule is not None:
+                if not _WAIT_NUMBER_RE.match(text, match.end()):
+                    seen.discard(word)  # a later one may name its number
+                    continue
+            else:
+                rule = _REASON_PHRASES.get(word)
+                if rule is None or status_is_error:
+                    continue
         found.append(
             _Evidence(rule.category, rule.weight, _MESSAGE, f"message:{rule.label}", rule.situation)
         )
@@ -524,9 +790,10 @@ def _keyword_evidence(
 def analyze(failure: Failure) -> Analysis:
     """Weigh every clue in ``failure`` and return the most likely category with its evidence."""
     status = failure.http_status
-    text = _scanned_text(failure.error_message or "")
-    error_code = (failure.error_code or "")[:256]
-    code_text = error_code.strip().lower()
+    raw = _scanned_text(failure.error_message or "")
+    text = raw.lower()
+    error_code = (failure.error_code or "")[:256].strip()
+    code_text = error_code.lower()
     provider = _provider(failure.service_name[:128].lower())
     found: list[_Evidence] = []
     extra_signals: list[str] = []
@@ -538,13 +805,19 @@ def analyze(failure: Failure) -> Analysis:
             found.append(_Evidence(category, weight, _STATUS, f"http_status:{status}", situation))
 
     seen_codes: set[str] = set()
-    for candidate in _code_candidates(code_text):
-        _code_evidence(candidate, "error_code", provider, seen_codes, found)
-    stripped = text.strip()
+    unknown = _code_evidence(error_code, "error_code", provider, seen_codes, found, heads=True)
+    if unknown is not None:
+        _shape_evidence(unknown, "error_code", found)
+    stripped = raw.strip()
     if _IDENTIFIER_RE.fullmatch(stripped):
         # Slack webhooks and some SDKs answer with the bare code as the whole body.
-        _code_evidence(stripped, "body_code", provider, seen_codes, found)
-    echoed_status = _body_evidence(text, provider, seen_codes, found, extra_signals)
+        unknown = _code_evidence(stripped, "body_code", provider, seen_codes, found)
+        if unknown is not None:
+            _shape_evidence(unknown, "body_code", found)
+    echoed_status = _body_evidence(raw, text, provider, seen_codes, found, extra_signals)
+    _text_code_evidence(raw, text, provider, seen_codes, found)
+    if not failure.response_headers.keys().isdisjoint(_CODE_HEADERS):
+        _header_code_evidence(failure.response_headers, provider, seen_codes, found)
 
     if status is None or status < 400:
         # Axios, requests and Teams webhooks put the real status in the text.
@@ -561,48 +834,59 @@ def analyze(failure: Failure) -> Analysis:
     if code_text and not _IDENTIFIER_RE.fullmatch(code_text):
         # A sentence in the code field ("invalid_grant: Token has been expired or revoked.").
         text = code_text + "\n" + text
+    if "statuscode." in text or "code = " in text:
+        _grpc_code_evidence(text, provider, seen_codes, found)
     _keyword_evidence(text, status, provider, seen_codes, found)
     return _decide(found, extra_signals)
 
 
 def _decide(found: list[_Evidence], extra_signals: list[str]) -> Analysis:
     per_source: dict[tuple[Category, int], float] = {}
-    for evidence in found:
-        key = (evidence.category, evidence.source)
-        per_source[key] = per_source.get(key, 0.0) + evidence.weight
+    for category, weight, source, _, _ in found:
+        key = (category, source)
+        per_source[key] = per_source.get(key, 0.0) + weight
     scores = dict.fromkeys(_TIE_ORDER, 0.0)
     for (category, source), total in per_source.items():
-        scores[category] += min(total, _SOURCE_CAP[source])
+        cap = _SOURCE_CAP[source]
+        scores[category] += cap if total > cap else total
 
-    permission_only = scores[_AUTH] > 0 and all(
-        evidence.situation == _PERMISSION for evidence in found if evidence.category is _AUTH
-    )
-    if permission_only and scores[_RATE] >= 2.0:
-        # Providers that say "rate limited" with a 403 (GitHub, Google, Salesforce).
-        scores[_AUTH] *= 0.5
+    permission_only = False
+    if scores[_AUTH]:
+        auth = [evidence for evidence in found if evidence.category is _AUTH]
+        permission_only = all(evidence.situation == _PERMISSION for evidence in auth)
+        if permission_only and (
+            # Providers that say "rate limited" with a 403 (GitHub, Google, Salesforce), or a
+            # bare 403 that says the request can never succeed ("Status is a duplicate").
+            scores[_RATE] >= 2.0
+            or (scores[_DATA] >= 2.0 and all(evidence.source == _STATUS for evidence in auth))
+        ):
+            scores[_AUTH] *= 0.5
 
-    ranked = sorted(_TIE_ORDER, key=lambda category: -scores[category])
-    winner, runner_up = ranked[0], ranked[1]
+    # A stable sort, so equal scores keep _TIE_ORDER.
+    winner, runner_up, _, _ = sorted(_TIE_ORDER, key=scores.__getitem__, reverse=True)
     best = scores[winner]
     if best < _MIN_DECISIVE_SCORE:
         signals = [evidence.signal for evidence in found]
-        confidence = 0.1 if not found else 0.2
-        return _analysis(Category.UNKNOWN, confidence, signals + extra_signals, "")
+        signals.extend(extra_signals)
+        return _analysis(Category.UNKNOWN, 0.2 if found else 0.1, signals, "")
 
-    supporting = sorted(
-        (evidence for evidence in found if evidence.category is winner),
-        key=lambda evidence: evidence.source,
-    )
+    supporting = [evidence for evidence in found if evidence.category is winner]
+    supporting.sort(key=_SOURCE_OF)
     situations = {evidence.situation for evidence in supporting}
-    situation = next((name for name in SITUATIONS[winner] if name in situations), "")
+    situation = ""
+    for name in SITUATIONS[winner]:
+        if name in situations:
+            situation = name
+            break
     confidence = _confidence(best, scores[runner_up], permission_only and winner is _AUTH)
     signals = [evidence.signal for evidence in supporting]
-    return _analysis(winner, confidence, signals + extra_signals, situation)
+    signals.extend(extra_signals)
+    return _analysis(winner, confidence, signals, situation)
 
 
 def _analysis(
     category: Category, confidence: float, signals: list[str], situation: str
 ) -> Analysis:
-    unique = tuple(dict.fromkeys(_signal(signal) for signal in signals))[:MAX_SIGNALS]
+    unique = tuple(dict.fromkeys([signal[:MAX_SIGNAL_LENGTH] for signal in signals]))[:MAX_SIGNALS]
     advice = _ADVICE.get((category, situation)) or _ADVICE[(category, "")]
     return Analysis(category=category, confidence=confidence, signals=unique, advice=advice)

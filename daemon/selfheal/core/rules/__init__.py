@@ -1,8 +1,10 @@
-"""The analyzer's tables (provider codes, message keywords, numeric codes, advice) as TOML files
-beside this module, and the loader that checks them: pure, no I/O beyond reading those files.
+"""The analyzer's tables (provider codes, code shapes, message keywords, numeric codes, advice) as
+TOML files beside this module, and the loader that checks them: pure, no I/O beyond reading those
+files.
 
 A mistake in a table is an error at import, naming the file and the key: an unknown category or
-situation, a code listed twice (also as another spelling of the same code), a keyword twice.
+situation, a code listed twice (also as another spelling of the same code), a keyword or a shape
+twice, a provider alias that names no provider.
 """
 
 from __future__ import annotations
@@ -24,12 +26,15 @@ __all__ = [
     "Rule",
     "RuleError",
     "Rules",
+    "Shape",
     "canonical",
     "load",
     "parse_advice",
+    "parse_aliases",
     "parse_codes",
     "parse_keywords",
     "parse_numeric",
+    "parse_shapes",
     "parse_toml",
 ]
 
@@ -51,6 +56,13 @@ _MAX_NUMERIC_CODE: Final = 9_999_999
 _NON_ALNUM: Final = re.compile(r"[^a-z0-9]+")
 # Providers are found as a part of the lower-cased service name.
 _PROVIDER_NAME: Final = re.compile(r"[a-z0-9]+")
+# numeric.toml's table of other names a provider goes by.
+_ALIASES: Final = "aliases"
+# One word of a shape: lower-case letters and digits, "*" at the end for a prefix.
+_SHAPE_WORD: Final = re.compile(r"[a-z0-9]+\*?")
+# The analyzer only looks further at a code that contains one shape's longest word, so that word
+# must be long enough to be rare in ids and hashes.
+_MIN_ANCHOR_LENGTH: Final = 3
 
 
 class RuleError(ValueError):
@@ -69,34 +81,58 @@ class NumericRule(NamedTuple):
     situation: str
 
 
+class Shape(NamedTuple):
+    """Words that must all be among a code's words ("too many": TooManyRequestsException).
+
+    A word ending in "*" is a prefix ("throttl*": Throttled, THROTTLING)."""
+
+    words: tuple[str, ...]
+    rule: Rule  # rule.label is the shape as written, reported in signals
+
+
 @dataclass(frozen=True, slots=True)
 class Rules:
     codes: dict[str, Rule]  # by canonical() spelling
     keywords: dict[str, Rule]  # lower-case words and phrases found in messages
     reason_phrases: dict[str, Rule]  # count only when no error status says the same
+    wait_phrases: dict[str, Rule]  # count only when a number follows ("retry after 35")
+    quota_words: dict[str, Rule]  # weak alone; the analyzer weighs them with the status
     numeric: dict[str, dict[int, NumericRule]]  # by provider
     advice: dict[tuple[Category, str], str]  # situation "" is the general advice
+    shapes: tuple[Shape, ...]  # in file order, which breaks ties between equal matches
+    provider_aliases: dict[str, str]  # another name a provider goes by -> its key in numeric
 
 
 def canonical(text: str) -> str:
     """rate_limit_exceeded, rateLimitExceeded and RATE-LIMIT-EXCEEDED are the same code."""
-    return _NON_ALNUM.sub("", text.lower())
+    # The analyzer calls this for every value in a body; most are one plain word already.
+    folded = text.lower()
+    if folded.isalnum() and folded.isascii():
+        return folded
+    return _NON_ALNUM.sub("", folded)
 
 
 def load(directory: Traversable | None = None) -> Rules:
-    """Read and check codes.toml, keywords.toml, numeric.toml and advice.toml.
+    """Read and check codes.toml, shapes.toml, keywords.toml, numeric.toml and advice.toml.
 
     ``directory`` defaults to the files shipped in this package (read through importlib.resources,
     so this works from a wheel or a zip as well as from the source tree).
     """
     folder = directory if directory is not None else files("selfheal.core") / "rules"
-    keywords, reason_phrases = parse_keywords(_read(folder, "keywords.toml"))
+    keywords, reason_phrases, wait_phrases, quota_words = parse_keywords(
+        _read(folder, "keywords.toml")
+    )
+    numeric = _read(folder, "numeric.toml")
     return Rules(
         codes=parse_codes(_read(folder, "codes.toml")),
         keywords=keywords,
         reason_phrases=reason_phrases,
-        numeric=parse_numeric(_read(folder, "numeric.toml")),
+        wait_phrases=wait_phrases,
+        quota_words=quota_words,
+        numeric=parse_numeric(numeric),
         advice=parse_advice(_read(folder, "advice.toml")),
+        shapes=parse_shapes(_read(folder, "shapes.toml")),
+        provider_aliases=parse_aliases(numeric),
     )
 
 
@@ -138,13 +174,14 @@ def parse_codes(data: Mapping[str, Any], source: str = "codes.toml") -> dict[str
 
 def parse_keywords(
     data: Mapping[str, Any], source: str = "keywords.toml"
-) -> tuple[dict[str, Rule], dict[str, Rule]]:
-    """``[[keywords]]`` and ``[[reason_phrases]]`` groups; a word may appear once in the file.
+) -> tuple[dict[str, Rule], dict[str, Rule], dict[str, Rule], dict[str, Rule]]:
+    """``[[keywords]]``, ``[[reason_phrases]]``, ``[[wait_phrases]]`` and ``[[quota_words]]``
+    groups; a word may appear once in the file.
 
     Keywords are matched literally in the lower-cased message, so "rate limit" and "rate-limit"
     are different keywords; only an exact repeat is a duplicate.
     """
-    names = ("keywords", "reason_phrases")
+    names = ("keywords", "reason_phrases", "wait_phrases", "quota_words")
     _check_keys(data, source, names)
     found_in: dict[str, str] = {}
     tables: list[dict[str, Rule]] = []
@@ -167,15 +204,66 @@ def parse_keywords(
                 found_in[word] = name
                 table[word] = Rule(group.category, group.weight, group.situation, word)
         tables.append(table)
-    return tables[0], tables[1]
+    return tables[0], tables[1], tables[2], tables[3]
+
+
+def parse_shapes(data: Mapping[str, Any], source: str = "shapes.toml") -> tuple[Shape, ...]:
+    """``[[shapes]]`` groups of word families for codes no table lists, in file order.
+
+    Each shape is its words separated by spaces; a shape may appear once in the file, whatever
+    the order of its words.
+    """
+    _check_keys(data, source, ("shapes",))
+    shapes: list[Shape] = []
+    seen: dict[frozenset[str], str] = {}
+    for group in _groups(data, source, "shapes", "words", weighted=True):
+        for text in group.items:
+            words = tuple(text.split()) if isinstance(text, str) else ()
+            if not words or not all(_SHAPE_WORD.fullmatch(word) for word in words):
+                raise RuleError(
+                    f"{group.where}: shape {text!r} must be lower-case words of letters and "
+                    'digits separated by spaces, a word ending in "*" for a prefix'
+                )
+            if max(len(word.rstrip("*")) for word in words) < _MIN_ANCHOR_LENGTH:
+                raise RuleError(
+                    f"{group.where}: shape {text!r} needs a word of at least "
+                    f"{_MIN_ANCHOR_LENGTH} letters"
+                )
+            key = frozenset(words)
+            if key in seen:
+                raise RuleError(
+                    f"{source}: duplicate shape {text!r} (the same words as {seen[key]!r})"
+                )
+            seen[key] = text
+            shapes.append(Shape(words, Rule(group.category, group.weight, group.situation, text)))
+    return tuple(shapes)
+
+
+def parse_aliases(data: Mapping[str, Any], source: str = "numeric.toml") -> dict[str, str]:
+    """numeric.toml's ``[aliases]``: other names a provider goes by (``instagram = "facebook"``)."""
+    aliases = data.get(_ALIASES, {})
+    if not isinstance(aliases, dict):
+        raise RuleError(f"{source}: [{_ALIASES}] must be a table of name = provider")
+    for alias, provider in aliases.items():
+        where = f"{source}: [{_ALIASES}] {alias}"
+        if not _PROVIDER_NAME.fullmatch(alias):
+            raise RuleError(f"{where}: the name must be lower-case letters and digits")
+        if alias in data:
+            raise RuleError(f"{where}: the name is already a provider")
+        if not isinstance(provider, str) or provider == _ALIASES or provider not in data:
+            raise RuleError(f"{where}: {provider!r} is not a provider in {source}")
+    return dict(aliases)
 
 
 def parse_numeric(
     data: Mapping[str, Any], source: str = "numeric.toml"
 ) -> dict[str, dict[int, NumericRule]]:
-    """One array of groups per provider (``[[twilio]]``) mapping its numeric codes to meanings."""
+    """One array of groups per provider (``[[twilio]]``) mapping its numeric codes to meanings;
+    ``[aliases]`` (read by parse_aliases) is not a provider."""
     tables: dict[str, dict[int, NumericRule]] = {}
     for provider in data:
+        if provider == _ALIASES:
+            continue
         if not _PROVIDER_NAME.fullmatch(provider):
             raise RuleError(
                 f"{source}: provider {provider!r} must be lower-case letters and digits "

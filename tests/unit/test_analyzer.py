@@ -771,7 +771,7 @@ def test_meta_numeric_codes_count_only_for_meta_services() -> None:
 
 
 def test_a_quota_word_is_weighed_with_the_status() -> None:
-    body = '{"error":"Maximum length exceeded"}'
+    body = '{"error":"Maximum length limit exceeded"}'
 
     assert _analyze("acme", 400, None, body).category is Category.DATA
     assert _analyze("acme", 503, None, body).category is Category.RATE_LIMIT
@@ -786,10 +786,13 @@ def test_the_shape_with_more_words_wins() -> None:
 
 
 def test_a_value_in_an_echoed_resource_is_not_read_as_a_code_shape() -> None:
-    named = _analyze("acme", 400, None, '{"state":"running","kind":"shutdown"}')
+    named = _analyze("acme", 400, None, '{"error":{"reason":"shutdown"}}')
+    # Google's "kind" is a resource type, not an error.
+    kind = _analyze("acme", 400, None, '{"state":"running","kind":"shutdown"}')
     echoed = _analyze("acme", 400, None, '{"state":"shutdown"}')
 
     assert named.category is Category.NETWORK
+    assert kind.category is Category.DATA
     assert echoed.category is Category.DATA
 
 
@@ -821,3 +824,132 @@ def test_shape_signals_name_the_shape_never_the_code() -> None:
 
     assert all(secret[8:20].lower() not in signal.lower() for signal in result.signals)
     assert "error_code_shape:throttl*" in result.signals
+
+
+# --- regressions from the review of the shapes ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"error":{"code":403,"message":"Your application is authenticating by using local '
+        "Application Default Credentials. The service requires a quota project, which is not set "
+        'by default.","status":"PERMISSION_DENIED"}}',
+        "The requested scope exceeds the scope granted",
+        "You have exceeded the number of allowed devices",
+    ],
+)
+def test_a_quota_word_does_not_turn_a_403_into_a_rate_limit(body: str) -> None:
+    assert _analyze("google", 403, None, body).category is Category.AUTH
+
+
+def test_quota_metadata_does_not_cut_an_explicit_permission_denied() -> None:
+    plain = (
+        '{"error":{"code":403,"message":"Permission denied on resource",'
+        '"status":"PERMISSION_DENIED"}}'
+    )
+    body = plain[:-2] + ',"details":[{"metadata":{"quota_limit":"x"}}]}}'
+
+    result = _analyze("google", 403, None, body)
+
+    assert result.category is Category.AUTH
+    assert result.confidence >= _analyze("google", 403, None, plain).confidence - 0.1
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "expected"),
+    [
+        (400, '{"errors":[{"field":"timeout_seconds"}]}', Category.DATA),
+        (422, '{"field":"quotaName"}', Category.DATA),
+        (400, '{"role":"internal_admin"}', Category.DATA),
+        (400, '{"request_id":"req_down_8f3a"}', Category.DATA),
+        (400, '{"hostname":"internal.corp.example"}', Category.DATA),
+        (400, '{"error":"PHONE_NUMBER_UNAVAILABLE"}', Category.DATA),
+        (400, '{"code":"UsernameUnavailable"}', Category.DATA),
+        (404, '{"code":"DomainUnavailable"}', Category.DATA),
+        (400, '{"error":"TooManyRedirects"}', Category.DATA),
+        (None, "KeyError: 'internal_id'", Category.UNKNOWN),
+        (200, '{"status":"internal_review"}', Category.UNKNOWN),
+    ],
+)
+def test_a_value_that_only_resembles_a_shape_word_is_not_a_code_shape(
+    status: int | None, body: str, expected: Category
+) -> None:
+    assert _analyze("acme", status, None, body).category is expected
+
+
+@pytest.mark.parametrize(
+    ("service", "body", "expected"),
+    [
+        ("metabase", '{"code": 4}', Category.DATA),
+        ("metadata_service", '{"code": 4}', Category.DATA),
+        ("submeta", '{"code": 200}', Category.DATA),
+        ("whatsapp_twilio", '{"code": 21211}', Category.DATA),
+        ("meta_ads", '{"code": 4}', Category.RATE_LIMIT),
+    ],
+)
+def test_a_provider_is_a_word_of_the_service_name(
+    service: str, body: str, expected: Category
+) -> None:
+    result = _analyze(service, 400, None, body)
+
+    assert result.category is expected
+    if service == "whatsapp_twilio":
+        assert "body_code:21211" in result.signals
+
+
+@pytest.mark.parametrize("body", ['{"code": 80004}', "(#131056) something"])
+def test_meta_numbers_do_not_count_for_other_providers(body: str) -> None:
+    assert _analyze("acme", 400, None, body).category is Category.DATA
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ('{"$metadata":{"httpStatusCode":503}}', Category.NETWORK),
+        ('{"httpStatus":429}', Category.RATE_LIMIT),
+        ('{"http_code":429}', Category.RATE_LIMIT),
+    ],
+)
+def test_an_sdk_error_with_no_status_reads_the_http_status_it_carries(
+    body: str, expected: Category
+) -> None:
+    assert _analyze("aws", None, None, body).category is expected
+
+
+def test_a_generic_unsupported_does_not_outvote_a_listed_code() -> None:
+    listed = _analyze("acme", 400, "invalid_client", "Client authentication method not supported")
+    bare = _analyze("acme", 403, None, "Unsupported Authentication")
+
+    assert listed.category is Category.AUTH
+    assert bare.category is Category.AUTH
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        ("Processed batch (500) rows", Category.UNKNOWN),
+        ("Uploaded files (404) skipped", Category.UNKNOWN),
+        ("TooManyRequests (429)", Category.RATE_LIMIT),
+    ],
+)
+def test_only_a_code_like_name_before_a_parenthesis_makes_a_status(
+    message: str, expected: Category
+) -> None:
+    assert _analyze("acme", None, None, message).category is expected
+
+
+def test_a_wait_counts_only_with_a_duration() -> None:
+    days = _analyze("acme", 400, None, "Please wait 3 business days for verification")
+    seconds = _analyze("acme", 400, None, "Please wait 2 seconds and try again")
+
+    assert days.category is Category.DATA
+    assert seconds.category is Category.RATE_LIMIT
+
+
+def test_a_hash_in_a_sentence_does_not_cut_the_code() -> None:
+    sentence = _analyze("acme", None, "rate_limited (see #42)")
+    qualified = _analyze("aws", None, "com.amazonaws.dynamodb.v20120810#ThrottlingException")
+
+    assert sentence.category is Category.RATE_LIMIT
+    assert qualified.category is Category.RATE_LIMIT

@@ -85,6 +85,7 @@ _KEYWORDS: Final = _RULES.keywords
 _REASON_PHRASES: Final = _RULES.reason_phrases
 _WAIT_PHRASES: Final = _RULES.wait_phrases
 _QUOTA_WORDS: Final = _RULES.quota_words
+_QUOTA_SIGNALS: Final = frozenset(f"message:{rule.label}" for rule in _QUOTA_WORDS.values())
 # Statuses that providers answer a throttled call with besides 429 (GitHub and Google 403, S3 and
 # Azure 503): with them, a quota word counts double.
 _THROTTLING_STATUSES: Final = frozenset({403, 503})
@@ -112,7 +113,12 @@ def _numeric_table(*tables: Mapping[int, NumericRule]) -> dict[int, NumericRule]
     }
 
 
-_ANY_PROVIDER_CODES: Final = _numeric_table(*_NUMERIC_CODES.values())
+# Twilio's and Discord's numbers are theirs alone in practice and turn up behind wrappers whose
+# service name does not say so; Meta's (80004, 131056) are only read for Meta's services.
+_SHARED_PROVIDERS: Final = ("twilio", "discord")
+_ANY_PROVIDER_CODES: Final = _numeric_table(
+    *(_NUMERIC_CODES[name] for name in _SHARED_PROVIDERS if name in _NUMERIC_CODES)
+)
 # Providers with codes under 100 (Meta's 4), whose bodies are searched for numbers that short.
 _SHORT_CODE_PROVIDERS: Final = frozenset(
     provider for provider, table in _NUMERIC_CODES.items() if any(number < 100 for number in table)
@@ -124,7 +130,10 @@ _PROVIDER_OF: Final = {
     **_RULES.provider_aliases,
     "slack": "slack",
 }
-_PROVIDER_RE: Final = re.compile("|".join(map(re.escape, _PROVIDER_OF)))
+# A service name's words: "whatsapp_twilio" is Twilio's WhatsApp, "metabase" is not Meta.
+_SERVICE_WORD_SPLIT_RE: Final = re.compile(r"[^a-z0-9]+")
+_PROVIDER_MEMO: Final[dict[str, str]] = {}
+_PROVIDER_MEMO_SIZE: Final = 1024
 
 # --- provider and library error codes ---------------------------------------------------------
 
@@ -275,12 +284,12 @@ def _resemblance(code: str) -> Shape | None:
 _STRING_VALUE_RE: Final = re.compile(
     r"""[:\[]\s*["'](?!https?:)([A-Za-z][\w.\- ]{1,47}|[A-Za-z][\w.#/:\-]{1,95})["']""", re.ASCII
 )
-# A value is matched against the shapes when it is written as a code (invalidAuthToken,
-# RATE_LIMIT_HIT) or sits under a key that names one; "visibility": "internal" in an echoed
-# resource is not a server error.
+# A value is matched against the shapes only under a key that names an error ("error", "code",
+# "__type", "errorCode", "reason", "status", "message": "INVALID_REFRESH_TOKEN"); a field name,
+# an id, a role, a host name or a resource's kind in an echoed body ("field": "timeout_seconds",
+# "kind": "shutdown") is not one, however much it looks like a code.
 _SHAPED_KEY_RE: Final = re.compile(
-    r"""(?:^|[^a-z0-9_])(?:id|\w*(?:code|error|type|reason|status|name|tag|kind|category))"""
-    r"""["']?\s*:?\s*$""",
+    r"""(?:^|[^a-z0-9_])\w*(?:code|error|errors|type|reason|status|message)["']?\s*:?\s*$""",
     re.I,
 )
 _KEY_WINDOW: Final = 32
@@ -288,11 +297,27 @@ _KEY_WINDOW: Final = 32
 # only for a provider whose table has numbers that short (most JSON is full of small numbers).
 _NUMBER_VALUE_RE: Final = re.compile(r""":\s*["']?(\d{3,7})(?![\d.])""")
 _SHORT_NUMBER_VALUE_RE: Final = re.compile(r""":\s*["']?(\d{1,7})(?![\d.])""")
+# A substatus or a subcode is not the status; AWS SDK v3's $metadata.httpStatusCode, httpStatus
+# and http_code are.
 _NUMBER_KEY_RE: Final = re.compile(
     r"""(?<![a-z0-9_])["']?(code|error_code|errorcode|status|status_code|statuscode|subcode|"""
-    r"""error_subcode)["']?\s*$"""
+    r"""error_subcode|http_?status(?:_?code)?|http_?code)["']?\s*$"""
 )
-_STATUS_KEYS: Final = frozenset({"status", "status_code", "statuscode"})
+_STATUS_KEYS: Final = frozenset(
+    {
+        "status",
+        "status_code",
+        "statuscode",
+        "httpstatus",
+        "http_status",
+        "httpstatuscode",
+        "http_statuscode",
+        "httpstatus_code",
+        "http_status_code",
+        "httpcode",
+        "http_code",
+    }
+)
 # Google's "code": 429 is an HTTP status, Meta's "code": 4 its own: the provider's table decides.
 _CODE_KEY: Final = "code"
 # <Code>SlowDown</Code> (S3, STS, SQS, Azure Storage).
@@ -308,8 +333,14 @@ _GRPC_CODE_RE: Final = re.compile(r"(?:statuscode\.|\bcode = )([a-z_]{3,32})")
 _HEAD_CODE_RE: Final = re.compile(r"\s*([A-Za-z][\w.$]{2,95}):\s", re.ASCII)
 # Meta puts its code at the start of the message: "(#4) Application request limit reached".
 _HASH_CODE_RE: Final = re.compile(r"\(#(\d{1,7})\)")
-# After a wait phrase: "retry after 35", "retry after: 2", "wait 2 seconds".
+# After a wait phrase: "retry after 35", "retry after: 2".
 _WAIT_NUMBER_RE: Final = re.compile(r"[: ]{0,2}\d")
+# A bare "wait" counts only with a number and a unit short enough to be back-pressure: "wait 2
+# seconds", not "wait 3 business days".
+_WAIT_PHRASES_WITH_UNIT: Final = frozenset({"wait"})
+_WAIT_DURATION_RE: Final = re.compile(
+    r"[: ]{0,2}\d+(?:\.\d+)?\s*(?:ms|milliseconds?|s|secs?|seconds?|m|mins?|minutes?|h|hours?)\b"
+)
 # Meta marks errors that go away by themselves.
 _TRANSIENT_RE: Final = re.compile(r"""["']is_transient["']\s*:\s*true""")
 # Headers some providers name the error in: TooManyRequestsException:http://internal.amazon.com/...
@@ -322,11 +353,13 @@ _RETRY_AFTER_BODY_RE: Final = re.compile(r"""["']retry_after["']\s*:\s*["']?\d""
 # (Teams webhooks), "Error code: 429" (OpenAI's SDK), "TooManyRequests (429)" (Cosmos DB's SDK).
 # Digits are rare, so find them first and check the words around them.
 _STATUS_DIGITS_RE: Final = re.compile(r"[1-5]\d\d")
+# Read with its case: before a parenthesis only a code-like name counts ("TooManyRequests (429)",
+# not "Processed batch (500) rows").
 _STATUS_BEFORE_RE: Final = re.compile(
-    r"(?:status(?:[ _-]?code)?|http(?:/\d(?:\.\d)?| error| status)?|response code|error code"
-    r"|returned|[a-z] \()\s*:?\s*$"
+    r"(?:(?i:status(?:[ _-]?code)?|http(?:/\d(?:\.\d)?| error| status)?|response code|error code"
+    r"|returned)|[a-z][A-Z][A-Za-z0-9]* \()\s*:?\s*$"
 )
-_STATUS_AFTER_RE: Final = re.compile(r" (?:client|server) error")
+_STATUS_AFTER_RE: Final = re.compile(r" (?:client|server) error", re.I)
 _IDENTIFIER_RE: Final = re.compile(r"[a-z][a-z0-9_.\-]{1,63}", re.I)
 _CODE_HEAD_RE: Final = re.compile(r"[a-z0-9_.\-]{2,64}", re.I)
 _USED_OF_LIMIT_RE: Final = re.compile(r"(\d+)\s*/\s*(\d+)")
@@ -490,8 +523,9 @@ def _header_evidence(
 def _code_candidates(text: str, *, heads: bool) -> list[str]:
     """The code as given plus its last dotted part and, with ``heads``, its first word:
     'httpx.ReadTimeout', 'invalid_grant: Token has been expired or revoked.'. After a '#' only
-    what follows counts: 'com.amazonaws.dynamodb.v20120810#ThrottlingException'."""
-    if "#" in text:
+    what follows counts: 'com.amazonaws.dynamodb.v20120810#ThrottlingException', but not in a
+    sentence: 'rate_limited (see #42)'."""
+    if "#" in text and " " not in text:
         text = text.rsplit("#", 1)[1]
     if not text:
         return []
@@ -511,10 +545,17 @@ def _numeric_rule(number: int, provider: str) -> NumericRule | None:
 
 
 def _provider(service: str) -> str:
-    # The service name only: a message that mentions Discord is not a Discord answer. The name
-    # that comes first in it wins.
-    match = _PROVIDER_RE.search(service)
-    return _PROVIDER_OF[match.group(0)] if match else ""
+    # The service name only: a message that mentions Discord is not a Discord answer. A provider
+    # is one of its words; one named for itself (twilio) wins over one named by an alias
+    # (whatsapp), then the first.
+    provider = _PROVIDER_MEMO.get(service)
+    if provider is None:
+        if len(_PROVIDER_MEMO) >= _PROVIDER_MEMO_SIZE:
+            _PROVIDER_MEMO.clear()
+        words = [word for word in _SERVICE_WORD_SPLIT_RE.split(service) if word in _PROVIDER_OF]
+        named = [word for word in words if _PROVIDER_OF[word] == word]
+        provider = _PROVIDER_MEMO[service] = _PROVIDER_OF[(named or words)[0]] if words else ""
+    return provider
 
 
 def _code_evidence(
@@ -672,12 +713,7 @@ def _body_evidence(
             if (
                 unknown is not None
                 and _SHAPE_ANCHOR_RE.search(unknown[1])
-                and (
-                    _looks_like_code(unknown[0])
-                    or _SHAPED_KEY_RE.search(
-                        raw, max(0, match.start() - _KEY_WINDOW), match.start()
-                    )
-                )
+                and _SHAPED_KEY_RE.search(raw, max(0, match.start() - _KEY_WINDOW), match.start())
             ):
                 _shape_evidence(unknown, "body_code", found)
         own_codes = _NUMERIC_CODES.get(provider, {})
@@ -768,6 +804,10 @@ def _keyword_evidence(
             if end == len(text) or text[end] not in _WORD_CHARS:
                 _code_evidence(word, "message_code", provider, seen_codes, found)
                 continue
+        if text.startswith("_", match.end()):
+            # Part of an identifier: "timeout_seconds" names a field, not a timeout.
+            seen.discard(word)
+            continue
         rule = _KEYWORDS.get(word)
         if rule is None and word in _QUOTA_WORDS:
             rule = _QUOTA_WORDS[word]
@@ -775,7 +815,8 @@ def _keyword_evidence(
         if rule is None:
             rule = _WAIT_PHRASES.get(word)
             if rule is not None:
-                if not _WAIT_NUMBER_RE.match(text, match.end()):
+                needs = _WAIT_DURATION_RE if word in _WAIT_PHRASES_WITH_UNIT else _WAIT_NUMBER_RE
+                if not needs.match(text, match.end()):
                     seen.discard(word)  # a later one may name its number
                     continue
             else:
@@ -821,7 +862,7 @@ def analyze(failure: Failure) -> Analysis:
 
     if status is None or status < 400:
         # Axios, requests and Teams webhooks put the real status in the text.
-        embedded = echoed_status or _text_status(text) or _text_status(code_text)
+        embedded = echoed_status or _text_status(raw) or _text_status(error_code)
         rule = _status_rule(embedded) if embedded else None
         if rule is not None:
             category, weight, situation = rule
@@ -840,6 +881,15 @@ def analyze(failure: Failure) -> Analysis:
     return _decide(found, extra_signals)
 
 
+def _throttling_score(found: list[_Evidence]) -> float:
+    """The rate-limit score without the quota words."""
+    per_source: dict[int, float] = {}
+    for category, weight, source, signal, _ in found:
+        if category is _RATE and signal not in _QUOTA_SIGNALS:
+            per_source[source] = per_source.get(source, 0.0) + weight
+    return sum(min(total, _SOURCE_CAP[source]) for source, total in per_source.items())
+
+
 def _decide(found: list[_Evidence], extra_signals: list[str]) -> Analysis:
     per_source: dict[tuple[Category, int], float] = {}
     for category, weight, source, _, _ in found:
@@ -854,12 +904,10 @@ def _decide(found: list[_Evidence], extra_signals: list[str]) -> Analysis:
     if scores[_AUTH]:
         auth = [evidence for evidence in found if evidence.category is _AUTH]
         permission_only = all(evidence.situation == _PERMISSION for evidence in auth)
-        if permission_only and (
-            # Providers that say "rate limited" with a 403 (GitHub, Google, Salesforce), or a
-            # bare 403 that says the request can never succeed ("Status is a duplicate").
-            scores[_RATE] >= 2.0
-            or (scores[_DATA] >= 2.0 and all(evidence.source == _STATUS for evidence in auth))
-        ):
+        # Providers that say "rate limited" with a 403 (GitHub, Google, Salesforce). A quota
+        # word is not enough to doubt an explicit "permission denied": "requires a quota
+        # project", "quota_limit" in a body's metadata.
+        if permission_only and scores[_RATE] >= 2.0 and _throttling_score(found) >= 2.0:
             scores[_AUTH] *= 0.5
 
     # A stable sort, so equal scores keep _TIE_ORDER.

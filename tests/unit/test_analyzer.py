@@ -543,6 +543,18 @@ MALFORMED: list[tuple[str, _Parser, str, str]] = [
         "shapes.toml: [[shapes]] #1: shape 'thro*ttl' must be lower-case words",
     ),
     (
+        "a shape word of letters and digits, which a code's split never gives",
+        rules.parse_shapes,
+        _shapes("oauth2 expired"),
+        "shapes.toml: [[shapes]] #1: shape 'oauth2 expired' must be lower-case words",
+    ),
+    (
+        "a shape that repeats a word",
+        rules.parse_shapes,
+        _shapes("too too many"),
+        "shapes.toml: [[shapes]] #1: shape 'too too many' repeats a word",
+    ),
+    (
         "a shape written twice in another order",
         rules.parse_shapes,
         _shapes("too many", "many too"),
@@ -870,6 +882,8 @@ def test_quota_metadata_does_not_cut_an_explicit_permission_denied() -> None:
         (400, '{"error":"TooManyRedirects"}', Category.DATA),
         (None, "KeyError: 'internal_id'", Category.UNKNOWN),
         (200, '{"status":"internal_review"}', Category.UNKNOWN),
+        (400, "Field 'maintenance' is invalid", Category.DATA),
+        (503, "The service is under maintenance until 02:00 UTC", Category.NETWORK),
     ],
 )
 def test_a_value_that_only_resembles_a_shape_word_is_not_a_code_shape(

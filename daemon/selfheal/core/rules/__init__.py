@@ -59,7 +59,8 @@ _PROVIDER_NAME: Final = re.compile(r"[a-z0-9]+")
 # numeric.toml's table of other names a provider goes by.
 _ALIASES: Final = "aliases"
 # One word of a shape: lower-case letters and digits, "*" at the end for a prefix.
-_SHAPE_WORD: Final = re.compile(r"[a-z0-9]+\*?")
+# Letters or digits, not both: a code is split between them (OAuth2Expired is oauth 2 expired).
+_SHAPE_WORD: Final = re.compile(r"(?:[a-z]+|[0-9]+)\*?")
 # The analyzer only looks further at a code that contains one shape's longest word, so that word
 # must be long enough to be rare in ids and hashes.
 _MIN_ANCHOR_LENGTH: Final = 3
@@ -221,9 +222,11 @@ def parse_shapes(data: Mapping[str, Any], source: str = "shapes.toml") -> tuple[
             words = tuple(text.split()) if isinstance(text, str) else ()
             if not words or not all(_SHAPE_WORD.fullmatch(word) for word in words):
                 raise RuleError(
-                    f"{group.where}: shape {text!r} must be lower-case words of letters and "
+                    f"{group.where}: shape {text!r} must be lower-case words of letters or of "
                     'digits separated by spaces, a word ending in "*" for a prefix'
                 )
+            if len(set(words)) < len(words):
+                raise RuleError(f"{group.where}: shape {text!r} repeats a word")
             if max(len(word.rstrip("*")) for word in words) < _MIN_ANCHOR_LENGTH:
                 raise RuleError(
                     f"{group.where}: shape {text!r} needs a word of at least "

@@ -558,6 +558,21 @@ def _provider(service: str) -> str:
     return provider
 
 
+def _code_or_shape(
+    value: str,
+    prefix: str,
+    provider: str,
+    seen: set[str],
+    found: list[_Evidence],
+    *,
+    heads: bool = False,
+) -> None:
+    """Evidence for ``value`` from a table, or else from the shape of its words."""
+    unknown = _code_evidence(value, prefix, provider, seen, found, heads=heads)
+    if unknown is not None:
+        _shape_evidence(unknown, prefix, found)
+
+
 def _code_evidence(
     value: str,
     prefix: str,
@@ -568,7 +583,8 @@ def _code_evidence(
     heads: bool = False,
 ) -> tuple[str, str] | None:
     """Evidence from a table for ``value`` or a part of it. When no table knows any part, the
-    code and its canonical key to match against the shapes (None when it is not one word)."""
+    code and its canonical key to match against the shapes (None when a table knows it, it was
+    seen already, or it is not one word)."""
     if heads or "." in value or "#" in value:
         return _parts_evidence(value, prefix, provider, seen, found, heads=heads)
     # Most values are one plain word.
@@ -737,9 +753,7 @@ def _body_evidence(
             found.append(_Evidence(_NET, 1.0, _HEADER, "body:is_transient", _SERVER))
     if "</" in raw:
         for match in _XML_CODE_RE.finditer(raw):
-            unknown = _code_evidence(match.group(1), "body_code", provider, seen_codes, found)
-            if unknown is not None:
-                _shape_evidence(unknown, "body_code", found)
+            _code_or_shape(match.group(1), "body_code", provider, seen_codes, found)
     if "error=" in text:
         for match in _FORM_CODE_RE.finditer(text):
             _code_evidence(match.group(1), "body_code", provider, seen_codes, found)
@@ -753,17 +767,13 @@ def _text_code_evidence(
     "(#4)"."""
     head = _HEAD_CODE_RE.match(raw)
     if head and _looks_like_code(head.group(1)):
-        unknown = _code_evidence(head.group(1), "message_code", provider, seen_codes, found)
-        if unknown is not None:
-            _shape_evidence(unknown, "message_code", found)
+        _code_or_shape(head.group(1), "message_code", provider, seen_codes, found)
     if "(" not in raw:
         return
     for match in _PAREN_CODE_RE.finditer(raw):
         code = match.group(1)
         if _looks_like_code(code):
-            unknown = _code_evidence(code, "message_code", provider, seen_codes, found)
-            if unknown is not None:
-                _shape_evidence(unknown, "message_code", found)
+            _code_or_shape(code, "message_code", provider, seen_codes, found)
     if "(#" in text:
         for match in _HASH_CODE_RE.finditer(text):
             _code_evidence(match.group(1), "message_code", provider, seen_codes, found)
@@ -783,9 +793,7 @@ def _header_code_evidence(
         value = headers.get(name)
         if value:
             code = value[:128].split(":", 1)[0].strip()
-            unknown = _code_evidence(code, "header_code", provider, seen_codes, found)
-            if unknown is not None:
-                _shape_evidence(unknown, "header_code", found)
+            _code_or_shape(code, "header_code", provider, seen_codes, found)
 
 
 def _keyword_evidence(
@@ -846,15 +854,11 @@ def analyze(failure: Failure) -> Analysis:
             found.append(_Evidence(category, weight, _STATUS, f"http_status:{status}", situation))
 
     seen_codes: set[str] = set()
-    unknown = _code_evidence(error_code, "error_code", provider, seen_codes, found, heads=True)
-    if unknown is not None:
-        _shape_evidence(unknown, "error_code", found)
+    _code_or_shape(error_code, "error_code", provider, seen_codes, found, heads=True)
     stripped = raw.strip()
     if _IDENTIFIER_RE.fullmatch(stripped):
         # Slack webhooks and some SDKs answer with the bare code as the whole body.
-        unknown = _code_evidence(stripped, "body_code", provider, seen_codes, found)
-        if unknown is not None:
-            _shape_evidence(unknown, "body_code", found)
+        _code_or_shape(stripped, "body_code", provider, seen_codes, found)
     echoed_status = _body_evidence(raw, text, provider, seen_codes, found, extra_signals)
     _text_code_evidence(raw, text, provider, seen_codes, found)
     if not failure.response_headers.keys().isdisjoint(_CODE_HEADERS):

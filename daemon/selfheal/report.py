@@ -8,7 +8,7 @@ from typing import Any, TextIO
 
 from selfheal.models import utcnow
 
-__all__ = ["print_status"]
+__all__ = ["duration", "print_status"]
 
 
 def print_status(status: dict[str, Any], out: TextIO) -> None:
@@ -20,8 +20,8 @@ def print_status(status: dict[str, Any], out: TextIO) -> None:
         ("failures, last 24 h", f"{status['failures_24h']:,}", f"{status['last_hour']:,} in 1 h"),
         ("recovery rate, 24 h", "-" if rate is None else f"{rate:.1%}",
          f"{status['resolved_24h']:,} resolved"),
-        ("time to recover, 24 h", _seconds(status["mttr_seconds"]),
-         f"p90 {_seconds(status['ttr_p90_seconds'])}"),
+        ("time to recover, 24 h", duration(status["mttr_seconds"]),
+         f"p90 {duration(status['ttr_p90_seconds'])}"),
         ("inbox (to diagnose)", f"{status['inbox']:,}", _age(status["oldest_inbox"])),
         ("due now", f"{status['due']:,}", ""),
         ("open circuits", f"{len(status['circuits']):,}", ""),
@@ -94,7 +94,8 @@ def print_status(status: dict[str, Any], out: TextIO) -> None:
 _STATUSES = ("resolved", "pending", "disabled")
 
 
-def _seconds(value: float | None) -> str:
+def duration(value: float | None) -> str:
+    """Seconds as a person reads them at a glance: 4.2 s, 3.5 min, 2.0 h (- for none)."""
     if value is None:
         return "-"
     if value < 60:
@@ -103,4 +104,4 @@ def _seconds(value: float | None) -> str:
 
 
 def _age(moment: datetime | None) -> str:
-    return "" if moment is None else f"oldest {_seconds((utcnow() - moment).total_seconds())} ago"
+    return "" if moment is None else f"oldest {duration((utcnow() - moment).total_seconds())} ago"

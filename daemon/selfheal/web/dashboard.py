@@ -31,6 +31,7 @@ from selfheal.db.outbox import Outbox
 from selfheal.db.store import Store
 from selfheal.logs import error_fields, get_logger
 from selfheal.models import Category, Status, utcnow
+from selfheal.report import duration
 from selfheal.settings import Settings
 
 __all__ = ["ActivityReads", "Dashboard"]
@@ -610,7 +611,7 @@ class Dashboard:
             ("recorded", _e(_when(r["created_at"]))),
             ("updated", _e(_when(r["updated_at"]))),
             ("resolved", _e(_when(r["resolved_at"]))),
-            ("time to recover", _e(_seconds(r["seconds_to_recover"]))),
+            ("time to recover", _e(duration(r["seconds_to_recover"]))),
             ("next retry", _e(_when(r["next_retry_at"]))),
         ]
         if r["held_by_circuit"]:
@@ -698,8 +699,8 @@ def _tiles(status: Mapping[str, Any], day_read_at: datetime) -> str:
             f"{status['resolved_24h']:,} of {status['failures_24h']:,}",
             False,
         ),
-        ("mean time to recover", _seconds(status["mttr_seconds"]), day, False),
-        ("p90 time to recover", _seconds(status["ttr_p90_seconds"]), day, False),
+        ("mean time to recover", duration(status["mttr_seconds"]), day, False),
+        ("p90 time to recover", duration(status["ttr_p90_seconds"]), day, False),
         (
             "oldest unhealed failure",
             "-" if oldest is None else _age(oldest),
@@ -820,7 +821,7 @@ def _recent(rows: list[dict[str, Any]], filters: Mapping[str, str | None], *, mo
                 _e(r["action_taken"] or "-"),
                 _badge(r["status"]),
                 _e(r["attempts"]),
-                _e(_seconds(r["seconds_to_recover"])),
+                _e(duration(r["seconds_to_recover"])),
             )
             for r in rows
         ],
@@ -893,16 +894,8 @@ def _when(moment: datetime | None) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def _seconds(value: float | None) -> str:
-    if value is None:
-        return "-"
-    if value < 60:
-        return f"{value:.1f} s"
-    return f"{value / 60:.1f} min" if value < 3600 else f"{value / 3600:.1f} h"
-
-
 def _age(moment: datetime) -> str:
-    return _seconds(max(0.0, (utcnow() - moment).total_seconds())) + " ago"
+    return duration(max(0.0, (utcnow() - moment).total_seconds())) + " ago"
 
 
 # --- requests ----------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import pytest
 
 from tests.support.daemon import DaemonProcess
 from tests.support.events import insert_failure, wait_until
-from tests.support.http import Request, Response, StubServer
+from tests.support.http import HeldApi, Request, Response, StubServer
 
 pytestmark = pytest.mark.e2e
 
@@ -211,20 +211,6 @@ def test_a_burst_of_identical_failures_gives_one_alert_per_channel_and_one_diges
         assert "999 more" in json.dumps(_teams_card(digest_card), ensure_ascii=False)
         assert len(webhooks.slack_requests()) == len(webhooks.teams_requests()) == 2
     assert daemon.terminate() == 0
-
-
-class HeldApi:
-    """An integration API whose replays wait until `release()`, then succeed."""
-
-    def __init__(self) -> None:
-        self.released = threading.Event()
-
-    def __call__(self, request: Request) -> Response:
-        self.released.wait(30)
-        return Response(200, {"ok": True})
-
-    def release(self) -> None:
-        self.released.set()
 
 
 def _network_failure(conn: Conn, api: StubServer) -> Any:

@@ -17,7 +17,7 @@ import pytest
 
 from tests.support.daemon import DaemonProcess
 from tests.support.events import insert_failure, wait_until
-from tests.support.http import Request, Response, StubServer, free_port
+from tests.support.http import HeldApi, Response, StubServer, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -178,15 +178,6 @@ def _status_of(intake: Intake, body: Any) -> tuple[int, str]:
         return exc.code, exc.read().decode()
 
 
-class HeldApi:
-    def __init__(self) -> None:
-        self.released = threading.Event()
-
-    def __call__(self, request: Request) -> Response:
-        self.released.wait(30)
-        return Response(200, {"ok": True})
-
-
 def test_a_slow_recovery_answers_with_the_pending_record_and_goes_on(
     db_url: str, api: StubServer, daemons: list[DaemonProcess]
 ) -> None:
@@ -197,7 +188,7 @@ def test_a_slow_recovery_answers_with_the_pending_record_and_goes_on(
         {"service_name": "stripe", "http_status": 503, "endpoint": api.url + "/v1/slow"}
     )
     assert code == 200 and body["success"] is True and body["status"] == "pending"
-    held.released.set()
+    held.release()
     with psycopg.connect(db_url, autocommit=True) as conn:
         wait_until(conn, "SELECT status FROM system_integrity_events", (), "resolved", timeout=60)
     assert intake.daemon.terminate() == 0

@@ -641,6 +641,20 @@ class HoldUntilInFlight:
         return self.response
 
 
+class HeldApi:
+    """A Handler whose requests wait until `release()` (at most 30 s), then succeed."""
+
+    def __init__(self) -> None:
+        self.released = threading.Event()
+
+    def __call__(self, request: Request) -> Response:
+        self.released.wait(30)
+        return Response(200, {"ok": True})
+
+    def release(self) -> None:
+        self.released.set()
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on now (for a server to bind next)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

@@ -10,7 +10,6 @@ import contextlib
 import glob
 import json
 import os
-import queue
 import re
 import shlex
 import shutil
@@ -20,17 +19,16 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any
 
 import pytest
 
 from selfheal.settings import Settings, _env_name
+from tests.support.daemon import LoggedProcess
 from tests.support.http import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -397,50 +395,6 @@ def clean_environment() -> dict[str, str]:
     }
 
 
-class Process:
-    """A started command whose JSON log lines are read as they come."""
-
-    def __init__(self, argv: list[str], env: dict[str, str], cwd: Path) -> None:
-        self.proc = subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=cwd, text=True
-        )
-        self.raw: list[str] = []
-        self._lines: queue.Queue[dict[str, Any] | None] = queue.Queue()
-        assert self.proc.stdout is not None
-        self._reader = threading.Thread(target=self._read, args=(self.proc.stdout,), daemon=True)
-        self._reader.start()
-
-    def _read(self, stream: IO[str]) -> None:
-        for line in stream:
-            self.raw.append(line)
-            with contextlib.suppress(json.JSONDecodeError):
-                entry = json.loads(line)
-                if isinstance(entry, dict):
-                    self._lines.put(entry)
-        self._lines.put(None)
-
-    def wait_for(self, event: str, timeout: float) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while (remaining := deadline - time.monotonic()) > 0:
-            try:
-                entry = self._lines.get(timeout=remaining)
-            except queue.Empty:
-                break
-            if entry is None:
-                pytest.fail(f"it exited ({self.proc.wait()}) before {event}: {self.raw[-10:]}")
-            if entry.get("event") == event:
-                return entry
-        pytest.fail(f"no {event} within {timeout} s; last lines: {self.raw[-10:]}")
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        self._reader.join(5)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-
-
 class NotifySocket:
     """A stand-in for systemd's notify socket: the datagrams a daemon sends it."""
 
@@ -485,8 +439,8 @@ def get_healthz(port: int) -> tuple[int, str]:
 
 
 @pytest.fixture
-def started() -> Iterator[list[Process]]:
-    processes: list[Process] = []
+def started() -> Iterator[list[LoggedProcess]]:
+    processes: list[LoggedProcess] = []
     yield processes
     for process in processes:
         process.close()
@@ -500,7 +454,7 @@ def notify_socket() -> Iterator[NotifySocket]:
 
 
 def test_the_image_s_wheel_installs_starts_healthy_and_stops_on_sigterm(
-    db_url: str, tmp_path: Path, started: list[Process], notify_socket: NotifySocket
+    db_url: str, tmp_path: Path, started: list[LoggedProcess], notify_socket: NotifySocket
 ) -> None:
     build, runtime = stages(DOCKERFILE.read_text())
     # The build stage's python, and the runtime stage's venv (the build leaves the venv as
@@ -566,7 +520,7 @@ def test_the_image_s_wheel_installs_starts_healthy_and_stops_on_sigterm(
     [cmd] = [json.loads(a) for a in arguments(runtime, "CMD")]
     executable = shutil.which(entrypoint[0], path=env["PATH"])
     assert executable == str(venv_bin / "selfheal")
-    daemon = Process([executable, *entrypoint[1:], *cmd], env, outside)
+    daemon = LoggedProcess([executable, *entrypoint[1:], *cmd], env, outside)
     started.append(daemon)
     daemon.wait_for("daemon.started", timeout=120)
     # What Type=notify and WatchdogSec= in the unit wait for.

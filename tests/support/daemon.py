@@ -1,4 +1,5 @@
-"""Run `selfheal run` as a real process and follow its JSON log lines."""
+"""Run `selfheal run` (or any command that logs JSON lines) as a real process and follow its
+log lines."""
 
 from __future__ import annotations
 
@@ -11,29 +12,16 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import IO, Any
 
 
-class DaemonProcess:
-    def __init__(self, db_url: str | None, **env: str) -> None:
-        full_env = {
-            **os.environ,
-            "SELFHEAL_LOG_FORMAT": "json",
-            "SELFHEAL_LOG_LEVEL": "info",
-            "NO_PROXY": "127.0.0.1,localhost",  # the stand-in servers are on loopback
-            "SELFHEAL_ALLOW_LOOPBACK": "true",  # and replays may go there
-            **env,
-        }
-        full_env.pop("SELFHEAL_TEST_DATABASE_URL", None)
-        full_env.pop("DATABASE_URL", None)
-        if db_url is not None:
-            full_env["DATABASE_URL"] = db_url
+class LoggedProcess:
+    """A started command whose JSON log lines (stdout and stderr) are read as they come."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], cwd: Path | None = None) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "selfheal", "run"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env=full_env,
-            text=True,
+            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=cwd, text=True
         )
         self.lines: list[dict[str, Any]] = []
         self.raw: list[str] = []
@@ -48,6 +36,8 @@ class DaemonProcess:
             try:
                 entry = json.loads(line)
             except json.JSONDecodeError:
+                entry = None
+            if not isinstance(entry, dict):
                 entry = {"event": "non_json_line", "line": line}
             self.lines.append(entry)
             self._queue.put(entry)
@@ -71,13 +61,9 @@ class DaemonProcess:
             except queue.Empty:
                 continue
             if entry is None:
-                raise RuntimeError(f"daemon exited ({self.proc.poll()}); last: {self.raw[-10:]}")
+                raise RuntimeError(f"it exited ({self.proc.poll()}); last: {self.raw[-10:]}")
             if match(entry):
                 return entry
-
-    def started(self, timeout: float = 60) -> DaemonProcess:
-        self.wait_for("daemon.started", timeout)
-        return self
 
     def terminate(self, timeout: float = 30) -> int:
         self.proc.send_signal(signal.SIGTERM)
@@ -100,3 +86,26 @@ class DaemonProcess:
 
     def events(self, name: str) -> list[dict[str, Any]]:
         return [e for e in self.lines if e.get("event") == name]
+
+
+class DaemonProcess(LoggedProcess):
+    """`selfheal run` on `db_url`, with the tests' environment and `env` on top."""
+
+    def __init__(self, db_url: str | None, **env: str) -> None:
+        full_env = {
+            **os.environ,
+            "SELFHEAL_LOG_FORMAT": "json",
+            "SELFHEAL_LOG_LEVEL": "info",
+            "NO_PROXY": "127.0.0.1,localhost",  # the stand-in servers are on loopback
+            "SELFHEAL_ALLOW_LOOPBACK": "true",  # and replays may go there
+            **env,
+        }
+        full_env.pop("SELFHEAL_TEST_DATABASE_URL", None)
+        full_env.pop("DATABASE_URL", None)
+        if db_url is not None:
+            full_env["DATABASE_URL"] = db_url
+        super().__init__([sys.executable, "-m", "selfheal", "run"], full_env)
+
+    def started(self, timeout: float = 60) -> DaemonProcess:
+        self.wait_for("daemon.started", timeout)
+        return self

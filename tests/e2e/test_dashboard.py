@@ -437,7 +437,7 @@ def test_retry_now_makes_a_pending_record_due(page: Page, db_url: str) -> None:
         )
         assert code == 200 and "The record is due now." in body
         page.daemon.wait_for("dashboard.retry")
-        # The healer takes it at once: the replay has no event to send, so it settles.
+        # It was due tomorrow; now it is due (the healer then takes it: its event is gone).
         wait_until(
             conn,
             "SELECT next_retry_at IS NULL OR next_retry_at > now() + interval '1 hour' "
@@ -445,10 +445,15 @@ def test_retry_now_makes_a_pending_record_due(page: Page, db_url: str) -> None:
             (record_id,),
             False,
         )
-        # A settled record is not retried, and a record that is not there is not found.
-        missing = uuid.uuid4()
+        # A resolved record is not retried, and a record that is not there is not found.
+        row = conn.execute(
+            "SELECT id FROM system_integrity_events"
+            " WHERE service_name = 'slack' AND status = 'resolved' LIMIT 1"
+        ).fetchone()
+        assert row is not None
+        resolved_id, missing = row[0], uuid.uuid4()
         bearer = {"Authorization": f"Bearer {TOKEN}"}
-        code, body = page.post(f"/records/{record_id}/retry", {}, headers=bearer)
+        code, body = page.post(f"/records/{resolved_id}/retry", {}, headers=bearer)
         assert code == 200 and "Not retried" in body
         assert page.post(f"/records/{missing}/retry", {}, headers=bearer)[0] == 404
         assert conn.execute(
@@ -456,7 +461,7 @@ def test_retry_now_makes_a_pending_record_due(page: Page, db_url: str) -> None:
             " ORDER BY id"
         ).fetchall() == [
             ("retry", "dashboard", "github", record_id, "due"),
-            ("retry", "dashboard", "github", record_id, "not_retried"),
+            ("retry", "dashboard", "slack", resolved_id, "not_retried"),
             ("retry", "dashboard", None, missing, "not_found"),
         ]
     retry = page.daemon.events("dashboard.retry")[0]
